@@ -1,0 +1,3 @@
+from rakuten_mlops.cli import app
+
+app(prog_name="rakuten-mlops")

@@ -1,0 +1,424 @@
+"""What local mode runs: each service's command, environment, health check and set-up.
+
+The supervisor (`supervisor.py`) knows how to start, watch and stop processes; this
+module only describes them, from the settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from rakuten_mlops.settings import Settings, env_file, project_root
+
+POSTGRES_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
+HTTP_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: list[str]
+    url: str
+    healthy: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    # Names of services that must be healthy before this one starts.
+    after: tuple[str, ...] = ()
+    # Runs before each start (idempotent: initdb, migrations, config files).
+    prepare: Callable[[], None] | None = None
+    # Runs once the service is healthy (idempotent: roles, databases, buckets).
+    bootstrap: Callable[[], None] | None = None
+    start_timeout: float = 120.0
+    stop_signal: str = "SIGTERM"
+    # Run as this system user (PostgreSQL refuses root).
+    user: str | None = None
+    ports: tuple[int, ...] = ()
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def state_dir(settings: Settings) -> Path:
+    return settings.path(settings.stack_dir)
+
+
+def http_ok(url: str, **kwargs) -> bool:
+    try:
+        return httpx.get(url, timeout=HTTP_TIMEOUT, **kwargs).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bin(name: str) -> str:
+    for folder in POSTGRES_BIN_CANDIDATES:
+        if (candidate := Path(folder) / name).is_file():
+            return str(candidate)
+    if found := shutil.which(name):
+        return found
+    raise FileNotFoundError(f"PostgreSQL 15 `{name}` not found: run `make setup`")
+
+
+def postgres_user() -> str | None:
+    """PostgreSQL will not run as root; as root we run it as the `postgres` account."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def postgres_socket_dir(settings: Settings) -> Path:
+    return state_dir(settings) / "postgres" / "run"
+
+
+def postgres_service(settings: Settings) -> Service:
+    data_dir = state_dir(settings) / "postgres" / "data"
+    socket_dir = postgres_socket_dir(settings)
+    user = postgres_user()
+
+    def prepare() -> None:
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        if user:
+            _make_traversable_for_others(state_dir(settings))
+            shutil.chown(data_dir.parent, user)
+            shutil.chown(socket_dir, user)
+        if (data_dir / "PG_VERSION").is_file():
+            return
+        import subprocess
+
+        data_dir.mkdir(mode=0o700, exist_ok=True)
+        if user:
+            shutil.chown(data_dir, user)
+        subprocess.run(
+            [
+                postgres_bin("initdb"),
+                "-D", str(data_dir),
+                "-U", "postgres",
+                "-E", "UTF8",
+                "--locale=C",
+                # Superuser only over the project's own socket; the app role needs a password.
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ],
+            user=user,
+            check=True,
+            capture_output=True,
+        )
+
+    def healthy() -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(
+                host=str(socket_dir), port=settings.postgres_port, user="postgres",
+                dbname="postgres", connect_timeout=2,
+            ) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def bootstrap() -> None:
+        from rakuten_mlops.localstack.bootstrap import bootstrap_postgres
+
+        bootstrap_postgres(settings, socket_dir)
+
+    return Service(
+        name="postgres",
+        command=[
+            postgres_bin("postgres"),
+            "-D", str(data_dir),
+            "-p", str(settings.postgres_port),
+            "-c", f"listen_addresses={settings.bind_host}",
+            "-c", f"unix_socket_directories={socket_dir}",
+        ],
+        url=f"postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}",
+        healthy=healthy,
+        prepare=prepare,
+        bootstrap=bootstrap,
+        start_timeout=60,
+        stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown
+        user=user,
+        ports=(settings.postgres_port,),
+    )
+
+
+def _make_traversable_for_others(path: Path) -> None:
+    """Let the postgres account reach the project-local data dir (e.g. under `mktemp -d`)."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def s3_service(settings: Settings) -> Service:
+    """SeaweedFS by default; a real MinIO server when one is on PATH."""
+    data_dir = state_dir(settings) / "s3" / "data"
+
+    def healthy() -> bool:
+        from rakuten_mlops.storage import s3_client
+
+        try:
+            s3_client(settings).list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - any failure means "not serving yet"
+            return False
+
+    def bootstrap() -> None:
+        from rakuten_mlops.storage import ensure_buckets, s3_client
+
+        ensure_buckets(s3_client(settings), settings.buckets)
+
+    secret = settings.s3_secret_key.get_secret_value()
+    if minio := shutil.which("minio"):
+        console_port = settings.s3_port + 1
+        return Service(
+            name="s3",
+            command=[
+                minio, "server", str(data_dir),
+                "--address", f"{settings.bind_host}:{settings.s3_port}",
+                "--console-address", f"{settings.bind_host}:{console_port}",
+            ],
+            env={"MINIO_ROOT_USER": settings.s3_access_key, "MINIO_ROOT_PASSWORD": secret},
+            url=f"{settings.s3_endpoint_url} (MinIO, console http://{settings.bind_host}:{console_port})",
+            healthy=healthy,
+            prepare=lambda: data_dir.mkdir(parents=True, exist_ok=True),
+            bootstrap=bootstrap,
+            start_timeout=30,
+            ports=(settings.s3_port, console_port),
+        )
+
+    config_file = state_dir(settings) / "s3" / "s3.json"
+
+    def prepare() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        identity = {
+            "name": "admin",
+            "credentials": [{"accessKey": settings.s3_access_key, "secretKey": secret}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }
+        config_file.write_text(json.dumps({"identities": [identity]}))
+        config_file.chmod(0o600)
+
+    host = settings.bind_host
+    return Service(
+        name="s3",
+        command=[
+            str(venv_bin() / "weed"), "mini",
+            f"-dir={data_dir}",
+            f"-ip={host}", f"-ip.bind={host}",
+            f"-s3.port={settings.s3_port}",
+            f"-s3.config={config_file}",
+            "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+        ],
+        url=f"{settings.s3_endpoint_url} (SeaweedFS S3)",
+        healthy=healthy,
+        prepare=prepare,
+        bootstrap=bootstrap,
+        start_timeout=60,
+        ports=(settings.s3_port,),
+    )
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def s3_client_env(settings: Settings) -> dict[str, str]:
+    """What boto3-based clients (MLflow artifacts) need to reach the S3 store."""
+    return {
+        "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": settings.s3_region,
+    }
+
+
+def mlflow_service(settings: Settings) -> Service:
+    metrics_dir = state_dir(settings) / "mlflow" / "metrics"
+    base = f"http://{settings.bind_host}:{settings.mlflow_port}"
+
+    def prepare() -> None:
+        # prometheus_flask_exporter keeps multiprocess files here; stale ones confuse it.
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+
+    return Service(
+        name="mlflow",
+        command=[
+            str(venv_bin() / "mlflow"), "server",
+            "--backend-store-uri", settings.postgres_dsn(settings.mlflow_db, "postgresql+psycopg2"),
+            "--artifacts-destination", f"s3://{settings.s3_bucket_mlflow}/",
+            "--host", settings.bind_host,
+            "--port", str(settings.mlflow_port),
+            "--workers", "1",
+            "--expose-prometheus", str(metrics_dir),
+        ],
+        env={**s3_client_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        url=base,
+        healthy=lambda: http_ok(f"{base}/health"),
+        after=("postgres", "s3"),
+        prepare=prepare,
+        start_timeout=180,
+        ports=(settings.mlflow_port,),
+    )
+
+
+# --------------------------------------------------------------------------- Airflow
+
+
+def airflow_home(settings: Settings) -> Path:
+    return state_dir(settings) / "airflow"
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """The environment every Airflow process and `airflow` CLI call of local mode uses."""
+    home = airflow_home(settings)
+    root = project_root()
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(root / "dags"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__FERNET_KEY": settings.airflow_fernet_key.get_secret_value(),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
+            f"http://{settings.bind_host}:{settings.airflow_port}/execution/"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{settings.airflow_admin_user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.postgres_dsn(
+            settings.airflow_db, "postgresql+psycopg2"
+        ),
+        "AIRFLOW__API__BASE_URL": f"http://{settings.bind_host}:{settings.airflow_port}",
+        "AIRFLOW__API__SECRET_KEY": settings.airflow_api_secret_key.get_secret_value(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_jwt_secret.get_secret_value(),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # Tasks import the project package and read the same settings.
+        "RAKUTEN_PROJECT_ROOT": str(root),
+        "RAKUTEN_ENV_FILE": str(env_file()),
+        "NLTK_DATA": str(settings.path(settings.nltk_data_dir)),
+        **s3_client_env(settings),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
+
+
+def airflow_services(settings: Settings) -> list[Service]:
+    env = airflow_env(settings)
+    airflow = str(venv_bin() / "airflow")
+    base = f"http://{settings.bind_host}:{settings.airflow_port}"
+
+    def monitor() -> dict:
+        try:
+            response = httpx.get(f"{base}/api/v2/monitor/health", timeout=HTTP_TIMEOUT)
+            return response.json() if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    def component_healthy(component: str) -> Callable[[], bool]:
+        return lambda: monitor().get(component, {}).get("status") == "healthy"
+
+    def prepare_api_server() -> None:
+        from rakuten_mlops.localstack.bootstrap import migrate_airflow, write_airflow_passwords
+
+        write_airflow_passwords(settings, Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]))
+        migrate_airflow(settings, {**os.environ, **env}, airflow)
+
+    common = {"env": env, "after": ("postgres",)}
+    return [
+        Service(
+            name="airflow-api-server",
+            command=[airflow, "api-server", "-H", settings.bind_host,
+                     "-p", str(settings.airflow_port), "-w", "1"],
+            url=base,
+            healthy=component_healthy("metadatabase"),
+            prepare=prepare_api_server,
+            start_timeout=180,
+            ports=(settings.airflow_port,),
+            **common,
+        ),
+        Service(
+            name="airflow-scheduler",
+            command=[airflow, "scheduler", "--skip-serve-logs"],
+            url=f"{base} (scheduler heartbeat)",
+            healthy=component_healthy("scheduler"),
+            **common,
+        ),
+        Service(
+            name="airflow-dag-processor",
+            command=[airflow, "dag-processor"],
+            url=f"{base} (dag-processor heartbeat)",
+            healthy=component_healthy("dag_processor"),
+            **common,
+        ),
+        Service(
+            name="airflow-triggerer",
+            command=[airflow, "triggerer", "--skip-serve-logs"],
+            url=f"{base} (triggerer heartbeat)",
+            healthy=component_healthy("triggerer"),
+            **common,
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+
+def prometheus_config(settings: Settings) -> dict:
+    host = settings.bind_host
+    return {
+        "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
+        "scrape_configs": [
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{settings.prometheus_port}"]}]},
+            {"job_name": "mlflow", "static_configs": [{"targets": [f"{host}:{settings.mlflow_port}"]}]},
+        ],
+    }
+
+
+def prometheus_service(settings: Settings) -> Service:
+    folder = state_dir(settings) / "prometheus"
+    config_file = folder / "prometheus.yml"
+    base = f"http://{settings.bind_host}:{settings.prometheus_port}"
+
+    def prepare() -> None:
+        (folder / "data").mkdir(parents=True, exist_ok=True)
+        config_file.write_text(yaml.safe_dump(prometheus_config(settings), sort_keys=False))
+
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    return Service(
+        name="prometheus",
+        command=[
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address={settings.bind_host}:{settings.prometheus_port}",
+        ],
+        url=base,
+        healthy=lambda: http_ok(f"{base}/-/ready"),
+        prepare=prepare,
+        start_timeout=30,
+        ports=(settings.prometheus_port,),
+    )
+
+
+def local_services(settings: Settings) -> list[Service]:
+    """Every local-mode service, in start order (dependencies first)."""
+    return [
+        postgres_service(settings),
+        s3_service(settings),
+        prometheus_service(settings),
+        mlflow_service(settings),
+        *airflow_services(settings),
+    ]

@@ -1,0 +1,163 @@
+"""The one settings object: every endpoint, port, path and credential.
+
+Values come from the environment, then from `.env` (generated from `.env.example` by
+`make setup`). Nothing here touches the network or the disk beyond reading `.env`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "change-me"
+# Well-known defaults of the images and tutorials this project replaces.
+WELL_KNOWN_DEFAULTS = frozenset(
+    {PLACEHOLDER_SECRET, "", "admin", "airflow", "minioadmin", "password", "postgres", "secret"}
+)
+MIN_SECRET_LENGTH = 12
+
+
+class Mode(StrEnum):
+    LOCAL = "local"
+    COMPOSE = "compose"
+    PRODUCTION = "production"
+
+
+def project_root() -> Path:
+    """The checkout this package is installed from (editable install), else the cwd."""
+    if root := os.environ.get("RAKUTEN_PROJECT_ROOT"):
+        return Path(root).resolve()
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "pyproject.toml").is_file() and (candidate / "dags").is_dir():
+        return candidate
+    return Path.cwd()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8")
+
+    rakuten_mode: Mode = Mode.LOCAL
+    bind_host: str = "127.0.0.1"
+
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(55432, ge=1, le=65535)
+    postgres_user: str = "rakuten"
+    postgres_password: SecretStr
+    postgres_db: str = "rakuten_lake"
+    airflow_db: str = "airflow"
+    mlflow_db: str = "mlflow"
+
+    s3_host: str = "127.0.0.1"
+    s3_port: int = Field(8333, ge=1, le=65535)
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "rakuten"
+    s3_secret_key: SecretStr
+    s3_bucket_images: str = "rakuten-images"
+    s3_bucket_artifacts: str = "rakuten-artifacts"
+    s3_bucket_mlflow: str = "rakuten-mlflow"
+
+    airflow_port: int = Field(8080, ge=1, le=65535)
+    airflow_admin_user: str = "admin"
+    airflow_admin_password: SecretStr
+    airflow_api_secret_key: SecretStr
+    airflow_jwt_secret: SecretStr
+    airflow_fernet_key: SecretStr
+
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    # Where clients reach MLflow; defaults to the local-mode server.
+    mlflow_tracking_uri: str | None = None
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+
+    # Paths, relative to the project root unless absolute.
+    raw_data_dir: Path = Path("raw_data")
+    processed_data_dir: Path = Path("processed_data")
+    models_dir: Path = Path("models")
+    stack_dir: Path = Path(".stack")
+    nltk_data_dir: Path = Path("config/nltk_data")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets_outside_local_mode(self) -> Settings:
+        if self.rakuten_mode is Mode.LOCAL:
+            return self
+        weak = [
+            name.upper()
+            for name, value in self._secrets().items()
+            if value in WELL_KNOWN_DEFAULTS or len(value) < MIN_SECRET_LENGTH
+        ]
+        if weak:
+            raise ValueError(
+                f"RAKUTEN_MODE={self.rakuten_mode.value} refuses default, placeholder or short "
+                f"(<{MIN_SECRET_LENGTH} chars) secrets: {', '.join(sorted(weak))}. "
+                "Run `make setup` to generate .env, or set them in the environment."
+            )
+        return self
+
+    def _secrets(self) -> dict[str, str]:
+        return {
+            name: value.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+        }
+
+    def path(self, relative: Path) -> Path:
+        return relative if relative.is_absolute() else project_root() / relative
+
+    def postgres_dsn(self, database: str | None = None, driver: str = "postgresql") -> str:
+        password = quote(self.postgres_password.get_secret_value(), safe="")
+        return (
+            f"{driver}://{quote(self.postgres_user, safe='')}:{password}"
+            f"@{self.postgres_host}:{self.postgres_port}/{database or self.postgres_db}"
+        )
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"{self.s3_host}:{self.s3_port}"
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return f"{'https' if self.s3_secure else 'http'}://{self.s3_endpoint}"
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.s3_bucket_images, self.s3_bucket_artifacts, self.s3_bucket_mlflow)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
+
+
+def env_file() -> Path:
+    return Path(os.environ.get("RAKUTEN_ENV_FILE") or project_root() / ".env")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings(_env_file=env_file())
+
+
+def render_env_file(template: str) -> str:
+    """`.env.example` with every placeholder secret replaced by a fresh random one."""
+    lines = []
+    for line in template.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.lstrip().startswith("#") and value.strip() == PLACEHOLDER_SECRET:
+            line = f"{key}={_new_secret(key.strip())}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _new_secret(key: str) -> str:
+    if key == "AIRFLOW_FERNET_KEY":
+        # Fernet wants 32 url-safe base64-encoded bytes.
+        import base64
+
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(24)

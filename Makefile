@@ -1,0 +1,48 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both run `make setup`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+CLI   := $(PY) -m rakuten_mlops
+STAMP := $(VENV)/.installed
+REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constraints.txt pyproject.toml
+
+.PHONY: setup up down status demo test bench lint clean-stack
+
+setup: $(STAMP) .env
+
+$(STAMP): $(REQUIREMENTS) scripts/install-system-deps.sh
+	scripts/install-system-deps.sh
+	test -x $(PY) || uv venv --quiet --python 3.11 $(VENV)
+	VIRTUAL_ENV=$(VENV) uv pip install --quiet -c constraints.txt \
+		-r requirements.txt -r requirements_ml.txt -r requirements_dev.txt -e .
+	touch $@
+
+# Created once with fresh secrets, then only extended: rotating would lock out the data.
+.env: .env.example | $(STAMP)
+	$(CLI) init-env
+	@touch $@
+
+up: setup
+	$(CLI) stack up
+
+down:
+	@if [ -x $(PY) ]; then $(CLI) stack down; else echo "nothing to stop (no venv)"; fi
+
+status: setup
+	$(CLI) stack status
+
+demo: setup
+	$(CLI) stack up
+
+test: setup
+	$(PY) -m pytest
+
+bench: up
+	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+lint: setup
+	$(VENV)/bin/ruff check src dags tests bench
+
+# Deletes every local-mode database, object and log (asks first).
+clean-stack: down
+	@read -p "delete .stack/ (all local data)? [y/N] " ok && [ "$$ok" = y ] && rm -rf .stack

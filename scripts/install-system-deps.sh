@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for local mode: PostgreSQL 15, Prometheus,
+# docker-compose (only to validate docker-compose.yml; no engine needed) and uv.
+# Idempotent: installs nothing when everything is present.
+set -euo pipefail
+
+need=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
+command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+
+if [ ${#need[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing system packages: ${need[*]}"
+    $sudo apt-get update -qq
+    # --no-install-recommends: docker-compose would otherwise pull in docker.io and containerd.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+    # The Debian package starts a cluster of its own on 5432; local mode runs its own cluster.
+    if [[ " ${need[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
+        $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+    fi
+fi
+
+if ! command -v uv >/dev/null; then
+    echo "installing uv"
+    python3 -m pip install --quiet "uv==0.13.9"
+fi

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real local stack, and settings isolated from the user's own data.
+
+The session fixture reuses a stack that is already up (and leaves it up), or starts one
+and stops it at the end. Tests write to their own database and buckets, never to the
+data lake a user has loaded with `make demo`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Before anything reads settings: tests get a database and buckets of their own.
+TEST_OVERRIDES = {
+    "POSTGRES_DB": "rakuten_lake_test",
+    "S3_BUCKET_IMAGES": "test-rakuten-images",
+    "S3_BUCKET_ARTIFACTS": "test-rakuten-artifacts",
+}
+os.environ.update(TEST_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from rakuten_mlops.settings import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings):
+    """The running local stack (started here unless it already was)."""
+    from rakuten_mlops.localstack.supervisor import Supervisor
+
+    supervisor = Supervisor(settings)
+    was_down = all(status.pid is None for status in supervisor.status())
+    supervisor.up(report=lambda line: print(f"[stack] {line}"))
+    yield supervisor
+    if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
+        supervisor.down(report=lambda line: print(f"[stack] {line}"))
+
+
+@pytest.fixture()
+def db(stack, settings):
+    from rakuten_mlops.storage import connect
+
+    with connect(settings) as conn:
+        yield conn
+
+
+@pytest.fixture()
+def s3(stack, settings):
+    from rakuten_mlops.storage import s3_client
+
+    return s3_client(settings)

@@ -219,6 +219,12 @@ def s3_service(settings: Settings) -> Service:
             f"-dir={data_dir}",
             f"-ip={host}", f"-ip.bind={host}",
             f"-s3.port={settings.s3_port}",
+            # SeaweedFS's internal servers sit just above the S3 port (their gRPC ports
+            # 10000 higher) instead of its defaults, 8888 and 9333 among them.
+            f"-master.port={settings.s3_port + 1}",
+            f"-volume.port={settings.s3_port + 2}",
+            f"-filer.port={settings.s3_port + 3}",
+            f"-admin.port={settings.s3_port + 4}",
             f"-s3.config={config_file}",
             "-webdav=false", "-admin.ui=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -229,7 +235,7 @@ def s3_service(settings: Settings) -> Service:
         prepare=prepare,
         bootstrap=bootstrap,
         start_timeout=60,
-        ports=(settings.s3_port,),
+        ports=tuple(settings.s3_port + offset + grpc for offset in range(5) for grpc in (0, 10000)),
     )
 
 

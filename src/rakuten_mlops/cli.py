@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -29,8 +28,11 @@ def init_env() -> None:
         return
     present = {line.partition("=")[0].strip() for line in target.read_text().splitlines()}
     missing = [
-        line for line in rendered.splitlines()
-        if "=" in line and not line.lstrip().startswith("#") and line.partition("=")[0].strip() not in present
+        line
+        for line in rendered.splitlines()
+        if "=" in line
+        and not line.lstrip().startswith("#")
+        and line.partition("=")[0].strip() not in present
     ]
     if missing:
         with target.open("a") as handle:

@@ -65,7 +65,8 @@ def test_environment_overrides_values(monkeypatch):
 def test_dsn_quotes_credentials():
     settings = make(postgres_user="a@b", postgres_password="p@ss:w/rd%")
     dsn = settings.postgres_dsn("airflow", "postgresql+psycopg2")
-    assert dsn == "postgresql+psycopg2://a%40b:p%40ss%3Aw%2Frd%25@127.0.0.1:55432/airflow"
+    address = f"{settings.postgres_host}:{settings.postgres_port}"
+    assert dsn == f"postgresql+psycopg2://a%40b:p%40ss%3Aw%2Frd%25@{address}/airflow"
 
 
 def test_secrets_are_not_printed():

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.stack
 def test_every_service_is_healthy(stack):
     states = {status.name: status.state for status in stack.status()}
     assert set(states) == {
-        "postgres", "s3", "prometheus", "mlflow", "airflow-api-server",
-        "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+        "postgres",
+        "s3",
+        "prometheus",
+        "mlflow",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
     }
     assert set(states.values()) == {"healthy"}, states
 
@@ -35,7 +41,9 @@ def test_airflow_reports_every_component_healthy(stack, settings):
 def test_airflow_login_uses_the_password_from_settings(stack, settings):
     url = f"http://127.0.0.1:{settings.airflow_port}/auth/token"
     user = settings.airflow_admin_user
-    good = httpx.post(url, json={"username": user, "password": settings.airflow_admin_password.get_secret_value()})
+    good = httpx.post(
+        url, json={"username": user, "password": settings.airflow_admin_password.get_secret_value()}
+    )
     assert good.status_code in (200, 201) and good.json()["access_token"]
     bad = httpx.post(url, json={"username": user, "password": "not-the-password"})
     assert bad.status_code == 401
@@ -70,7 +78,8 @@ def test_prometheus_scrapes_its_targets(stack, settings):
 def test_no_project_listener_outside_loopback(stack):
     pids = stack.owned_pids()
     listeners = [
-        conn for conn in psutil.net_connections(kind="inet")
+        conn
+        for conn in psutil.net_connections(kind="inet")
         if conn.status == psutil.CONN_LISTEN and conn.pid in pids
     ]
     assert listeners, "no listening socket found for the project's processes"
@@ -108,7 +117,9 @@ def free_port() -> int:
 @pytest.fixture()
 def private_supervisor(settings, tmp_path):
     """A one-service stack (Prometheus) in its own state folder and port."""
-    private = settings.model_copy(update={"stack_dir": tmp_path / "stack", "prometheus_port": free_port()})
+    private = settings.model_copy(
+        update={"stack_dir": tmp_path / "stack", "prometheus_port": free_port()}
+    )
     supervisor = Supervisor(private, [prometheus_service(private)])
     yield supervisor
     supervisor.down(report=lambda line: None)
@@ -132,7 +143,9 @@ def test_stale_pid_file_is_not_mistaken_for_a_running_service(private_supervisor
     service = private_supervisor.services[0]
     private_supervisor.run_dir.mkdir(parents=True)
     # A live pid that is not ours (this test process), with another start time.
-    (private_supervisor.run_dir / f"{service.name}.pid").write_text(f"{psutil.Process().pid} 12345.0")
+    (private_supervisor.run_dir / f"{service.name}.pid").write_text(
+        f"{psutil.Process().pid} 12345.0"
+    )
     assert private_supervisor.process(service) is None
     assert private_supervisor.down(report=lambda line: None) == []
     assert psutil.Process().is_running()
@@ -143,12 +156,16 @@ def test_port_taken_by_a_stranger_is_a_clear_error(private_supervisor):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        with pytest.raises(StackError, match=f"prometheus: port 127.0.0.1:{port} is already in use"):
+        with pytest.raises(
+            StackError, match=f"prometheus: port 127.0.0.1:{port} is already in use"
+        ):
             private_supervisor.up(report=lambda line: None)
 
 
 def test_a_service_that_dies_at_start_is_named_with_its_log(settings, tmp_path):
-    private = settings.model_copy(update={"stack_dir": tmp_path / "stack", "prometheus_port": free_port()})
+    private = settings.model_copy(
+        update={"stack_dir": tmp_path / "stack", "prometheus_port": free_port()}
+    )
     broken = prometheus_service(private)
     broken = broken.__class__(**{**broken.__dict__, "command": [*broken.command, "--no-such-flag"]})
     supervisor = Supervisor(private, [broken])

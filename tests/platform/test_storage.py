@@ -40,7 +40,9 @@ def test_transaction_rolls_back_on_error(settings, stack):
 
 
 def test_wrong_postgres_password_is_refused(settings, stack):
-    wrong = settings.model_copy(update={"postgres_password": settings.postgres_password.__class__("nope")})
+    wrong = settings.model_copy(
+        update={"postgres_password": settings.postgres_password.__class__("nope")}
+    )
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         storage.connect(wrong)
 
@@ -87,7 +89,9 @@ def test_ensure_buckets_is_idempotent(s3):
 
 
 def test_wrong_s3_secret_is_refused(settings, stack):
-    wrong = settings.model_copy(update={"s3_secret_key": settings.s3_secret_key.__class__("wrong-secret")})
+    wrong = settings.model_copy(
+        update={"s3_secret_key": settings.s3_secret_key.__class__("wrong-secret")}
+    )
     with pytest.raises(S3Error):
         storage.s3_client(wrong).list_buckets()
 

@@ -16,7 +16,10 @@ def bootstrap_postgres(settings: Settings, socket_dir: Path) -> None:
     """The project role (its password kept in sync with .env) and its three databases."""
     password = settings.postgres_password.get_secret_value()
     with psycopg.connect(
-        host=str(socket_dir), port=settings.postgres_port, user="postgres", dbname="postgres",
+        host=str(socket_dir),
+        port=settings.postgres_port,
+        user="postgres",
+        dbname="postgres",
         autocommit=True,
     ) as conn:
         role = sql.Identifier(settings.postgres_user)
@@ -41,7 +44,9 @@ def write_airflow_passwords(settings: Settings, path: Path) -> None:
     """SimpleAuthManager reads user passwords from this file; ours come from .env."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        json.dumps({settings.airflow_admin_user: settings.airflow_admin_password.get_secret_value()})
+        json.dumps(
+            {settings.airflow_admin_user: settings.airflow_admin_password.get_secret_value()}
+        )
     )
     path.chmod(0o600)
 
@@ -50,7 +55,10 @@ def migrate_airflow(settings: Settings, env: dict[str, str], airflow: str) -> No
     """`airflow db migrate`, skipped when this Airflow version already migrated the database."""
     from importlib.metadata import version
 
-    marker = Path(env["AIRFLOW_HOME"]) / f".migrated-{version('apache-airflow-core')}-{settings.airflow_db}"
+    marker = (
+        Path(env["AIRFLOW_HOME"])
+        / f".migrated-{version('apache-airflow-core')}-{settings.airflow_db}"
+    )
     if marker.is_file():
         return
     result = subprocess.run(

@@ -75,6 +75,19 @@ def postgres_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
+def drop_privileges(user: str | None) -> dict:
+    """Popen arguments that run a child as `user` with only that user's own group.
+
+    `user=` alone keeps root's group, whose permission bits then deny the child access
+    to root-owned folders it could traverse as "other".
+    """
+    if not user:
+        return {}
+    import pwd
+
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
 def postgres_socket_dir(settings: Settings) -> Path:
     return state_dir(settings) / "postgres" / "run"
 
@@ -97,29 +110,38 @@ def postgres_service(settings: Settings) -> Service:
         data_dir.mkdir(mode=0o700, exist_ok=True)
         if user:
             shutil.chown(data_dir, user)
-        subprocess.run(
+        result = subprocess.run(
             [
                 postgres_bin("initdb"),
-                "-D", str(data_dir),
-                "-U", "postgres",
-                "-E", "UTF8",
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
                 "--locale=C",
                 # Superuser only over the project's own socket; the app role needs a password.
                 "--auth-local=trust",
                 "--auth-host=scram-sha-256",
             ],
-            user=user,
-            check=True,
+            **drop_privileges(user),
+            check=False,
             capture_output=True,
+            text=True,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
 
     def healthy() -> bool:
         import psycopg
 
         try:
             with psycopg.connect(
-                host=str(socket_dir), port=settings.postgres_port, user="postgres",
-                dbname="postgres", connect_timeout=2,
+                host=str(socket_dir),
+                port=settings.postgres_port,
+                user="postgres",
+                dbname="postgres",
+                connect_timeout=2,
             ) as conn:
                 conn.execute("SELECT 1")
             return True
@@ -135,10 +157,14 @@ def postgres_service(settings: Settings) -> Service:
         name="postgres",
         command=[
             postgres_bin("postgres"),
-            "-D", str(data_dir),
-            "-p", str(settings.postgres_port),
-            "-c", f"listen_addresses={settings.bind_host}",
-            "-c", f"unix_socket_directories={socket_dir}",
+            "-D",
+            str(data_dir),
+            "-p",
+            str(settings.postgres_port),
+            "-c",
+            f"listen_addresses={settings.bind_host}",
+            "-c",
+            f"unix_socket_directories={socket_dir}",
         ],
         url=f"postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}",
         healthy=healthy,
@@ -186,9 +212,13 @@ def s3_service(settings: Settings) -> Service:
         return Service(
             name="s3",
             command=[
-                minio, "server", str(data_dir),
-                "--address", f"{settings.bind_host}:{settings.s3_port}",
-                "--console-address", f"{settings.bind_host}:{console_port}",
+                minio,
+                "server",
+                str(data_dir),
+                "--address",
+                f"{settings.bind_host}:{settings.s3_port}",
+                "--console-address",
+                f"{settings.bind_host}:{console_port}",
             ],
             env={"MINIO_ROOT_USER": settings.s3_access_key, "MINIO_ROOT_PASSWORD": secret},
             url=f"{settings.s3_endpoint_url} (MinIO, console http://{settings.bind_host}:{console_port})",
@@ -215,9 +245,11 @@ def s3_service(settings: Settings) -> Service:
     return Service(
         name="s3",
         command=[
-            str(venv_bin() / "weed"), "mini",
+            str(venv_bin() / "weed"),
+            "mini",
             f"-dir={data_dir}",
-            f"-ip={host}", f"-ip.bind={host}",
+            f"-ip={host}",
+            f"-ip.bind={host}",
             f"-s3.port={settings.s3_port}",
             # SeaweedFS's internal servers sit just above the S3 port (their gRPC ports
             # 10000 higher) instead of its defaults, 8888 and 9333 among them.
@@ -226,8 +258,10 @@ def s3_service(settings: Settings) -> Service:
             f"-filer.port={settings.s3_port + 3}",
             f"-admin.port={settings.s3_port + 4}",
             f"-s3.config={config_file}",
-            "-webdav=false", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-master.telemetry=false",
         ],
         url=f"{settings.s3_endpoint_url} (SeaweedFS S3)",
@@ -264,13 +298,20 @@ def mlflow_service(settings: Settings) -> Service:
     return Service(
         name="mlflow",
         command=[
-            str(venv_bin() / "mlflow"), "server",
-            "--backend-store-uri", settings.postgres_dsn(settings.mlflow_db, "postgresql+psycopg2"),
-            "--artifacts-destination", f"s3://{settings.s3_bucket_mlflow}/",
-            "--host", settings.bind_host,
-            "--port", str(settings.mlflow_port),
-            "--workers", "1",
-            "--expose-prometheus", str(metrics_dir),
+            str(venv_bin() / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            settings.postgres_dsn(settings.mlflow_db, "postgresql+psycopg2"),
+            "--artifacts-destination",
+            f"s3://{settings.s3_bucket_mlflow}/",
+            "--host",
+            settings.bind_host,
+            "--port",
+            str(settings.mlflow_port),
+            "--workers",
+            "1",
+            "--expose-prometheus",
+            str(metrics_dir),
         ],
         env={**s3_client_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         url=base,
@@ -339,15 +380,25 @@ def airflow_services(settings: Settings) -> list[Service]:
     def prepare_api_server() -> None:
         from rakuten_mlops.localstack.bootstrap import migrate_airflow, write_airflow_passwords
 
-        write_airflow_passwords(settings, Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]))
+        write_airflow_passwords(
+            settings, Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
+        )
         migrate_airflow(settings, {**os.environ, **env}, airflow)
 
     common = {"env": env, "after": ("postgres",)}
     return [
         Service(
             name="airflow-api-server",
-            command=[airflow, "api-server", "-H", settings.bind_host,
-                     "-p", str(settings.airflow_port), "-w", "1"],
+            command=[
+                airflow,
+                "api-server",
+                "-H",
+                settings.bind_host,
+                "-p",
+                str(settings.airflow_port),
+                "-w",
+                "1",
+            ],
             url=base,
             healthy=component_healthy("metadatabase"),
             prepare=prepare_api_server,
@@ -387,8 +438,14 @@ def prometheus_config(settings: Settings) -> dict:
     return {
         "global": {"scrape_interval": "15s", "evaluation_interval": "15s"},
         "scrape_configs": [
-            {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{settings.prometheus_port}"]}]},
-            {"job_name": "mlflow", "static_configs": [{"targets": [f"{host}:{settings.mlflow_port}"]}]},
+            {
+                "job_name": "prometheus",
+                "static_configs": [{"targets": [f"{host}:{settings.prometheus_port}"]}],
+            },
+            {
+                "job_name": "mlflow",
+                "static_configs": [{"targets": [f"{host}:{settings.mlflow_port}"]}],
+            },
         ],
     }
 

@@ -7,6 +7,7 @@ Each started process is recorded in `<stack>/run/<name>.pid` as "pid create_time
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -17,7 +18,13 @@ from pathlib import Path
 
 import psutil
 
-from rakuten_mlops.localstack.services import Service, local_services, state_dir, venv_bin
+from rakuten_mlops.localstack.services import (
+    Service,
+    drop_privileges,
+    local_services,
+    state_dir,
+    venv_bin,
+)
 from rakuten_mlops.settings import Settings
 
 POLL_SECONDS = 0.5
@@ -64,9 +71,9 @@ class Supervisor:
         try:
             pid, created = self._pid_file(service).read_text().split()
             proc = psutil.Process(int(pid))
-            if abs(proc.create_time() - float(created)) < 0.01 and proc.is_running():
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    return proc
+            same_process = abs(proc.create_time() - float(created)) < 0.01
+            if same_process and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
         except (FileNotFoundError, ValueError, psutil.Error):
             pass
         return None
@@ -133,7 +140,9 @@ class Supervisor:
         env = {**os.environ, **service.env}
         env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
         with open(self.log_path(service), "ab") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode())
+            log.write(
+                f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode()
+            )
             log.flush()
             proc = subprocess.Popen(
                 service.command,
@@ -142,7 +151,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.root.parent,
-                user=service.user,
+                **drop_privileges(service.user),
                 start_new_session=True,  # its own process group: `down` stops all of it
             )
         created = psutil.Process(proc.pid).create_time()
@@ -174,7 +183,9 @@ class Supervisor:
 
     def _tail(self, service: Service, lines: int = 15) -> str:
         try:
-            return "\n".join(self.log_path(service).read_text(errors="replace").splitlines()[-lines:])
+            return "\n".join(
+                self.log_path(service).read_text(errors="replace").splitlines()[-lines:]
+            )
         except FileNotFoundError:
             return "(no log)"
 
@@ -202,16 +213,12 @@ def stop_process_tree(proc: psutil.Process, sig: signal.Signals) -> None:
         return
     _, alive = psutil.wait_procs([proc], timeout=STOP_TIMEOUT)
     # The leader is gone: anything of its process group or tree left behind goes too.
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
     _, alive = psutil.wait_procs(family, timeout=5)
     for leftover in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             leftover.kill()
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 

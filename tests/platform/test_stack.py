@@ -171,3 +171,25 @@ def test_a_service_that_dies_at_start_is_named_with_its_log(settings, tmp_path):
     supervisor = Supervisor(private, [broken])
     with pytest.raises(StackError, match=r"prometheus is not running.*prometheus\.log"):
         supervisor.up(report=lambda line: None)
+
+
+def test_mlflow_stores_artifacts_in_the_s3_store(stack, settings, s3, tmp_path):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name("platform-tests") or client.get_experiment(
+        client.create_experiment("platform-tests")
+    )
+    run = client.create_run(experiment.experiment_id)
+    note = tmp_path / "note.txt"
+    note.write_text("artifact round trip")
+    client.log_artifact(run.info.run_id, str(note))
+    client.set_terminated(run.info.run_id)
+    downloaded = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "back"))
+    assert open(downloaded).read() == "artifact round trip"
+    keys = [
+        obj.object_name
+        for obj in s3.list_objects(settings.s3_bucket_mlflow, recursive=True)
+        if obj.object_name.endswith(f"{run.info.run_id}/artifacts/note.txt")
+    ]
+    assert len(keys) == 1, "the artifact must live in the MLflow bucket of the S3 store"

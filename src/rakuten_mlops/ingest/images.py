@@ -1,0 +1,338 @@
+"""Phase 2 of a batch: each loaded product's image, checked and stored once in S3.
+
+For every product of the batch without a catalogue row yet: read its file, check it is
+a whole JPEG (magic bytes, Pillow parses its header and size, an end-of-image marker
+follows the last scan, so empty, non-JPEG, garbled and truncated files are rejected),
+and put it under `image_<split>/<productid>/<imageid>.jpg` with its sha256 in the
+object metadata. Workers run in parallel; the main thread commits catalogue rows and
+rejects in chunks.
+
+Exactly once: the key is a function of the ids, so an image can only ever be one
+object. A resumed image phase (its batch's `images_started_at` is set: an earlier
+attempt may have uploaded objects it never catalogued) skips products already
+catalogued and, for the others, reads the stored object's sha256 first and skips the
+upload when it matches. A first attempt puts directly: nothing of its batch can be in
+the bucket yet, and a HEAD per image (or a listing of the whole bucket) would slow
+every load for a case that cannot happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from minio import Minio
+from minio.error import S3Error
+from PIL import Image, UnidentifiedImageError
+
+from rakuten_mlops.ingest.progress import Progress
+from rakuten_mlops.ingest.sources import (
+    IMAGE_DIRS,
+    IngestError,
+    Reject,
+    image_key,
+    image_name,
+    list_images,
+)
+from rakuten_mlops.ingest.text import write_rejects
+from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect, ensure_buckets, s3_client
+
+log = logging.getLogger("rakuten_mlops.ingest")
+
+IMAGE_LOCK = 0x52414B57  # pg advisory lock class: one image phase per batch
+CONTENT_TYPE = "image/jpeg"
+SHA256_META = "sha256"
+_MAGIC = {
+    b"\x89PNG": "PNG", b"GIF8": "GIF", b"RIFF": "RIFF/WebP", b"%PDF": "PDF",
+    b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"<": "text/HTML",
+}
+
+
+class BadImage(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def check_jpeg(data: bytes) -> tuple[int, int]:
+    """(width, height) of a whole JPEG; BadImage(reason, detail) otherwise."""
+    if not data:
+        raise BadImage("empty_image", "the file is empty (0 bytes)")
+    if data[:3] != b"\xff\xd8\xff":
+        kind = next((name for magic, name in _MAGIC.items() if data.startswith(magic)), None)
+        raise BadImage("not_jpeg", f"no JPEG signature ({kind or 'unknown'} content, "
+                                   f"starts with {data[:8].hex()})")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage("corrupt_image", f"unreadable JPEG: {exc}") from exc
+    if image_format != "JPEG":
+        raise BadImage("not_jpeg", f"Pillow reads it as {image_format}")
+    if width <= 0 or height <= 0:
+        raise BadImage("corrupt_image", f"invalid size {width}x{height}")
+    # Entropy-coded data never contains 0xFFD9/0xFFDA (0xFF is stuffed), so the last
+    # scan header must be followed by an end-of-image marker in a complete file.
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise BadImage("corrupt_image", "truncated: no end-of-image marker after the last scan")
+    return width, height
+
+
+@dataclass(slots=True)
+class Job:
+    productid: int
+    imageid: int
+    split: str
+
+    @property
+    def name(self) -> str:
+        return image_name(self.productid, self.imageid)
+
+    @property
+    def key(self) -> str:
+        return image_key(self.split, self.productid, self.imageid)
+
+    @property
+    def folder(self) -> str:
+        return IMAGE_DIRS[self.split]
+
+
+@dataclass(slots=True)
+class Outcome:
+    job: Job
+    row: tuple | None = None  # catalogue row, when the image is stored
+    reject: Reject | None = None
+    uploaded: bool = False
+
+
+def _stored_sha256(client: Minio, bucket: str, key: str) -> str | None:
+    try:
+        return client.stat_object(bucket, key).metadata.get(f"x-amz-meta-{SHA256_META}")
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+            return None
+        raise
+
+
+def process(job: Job, root: Path, client: Minio, bucket: str, resume: bool) -> Outcome:
+    """Check one image file and store it (on a resume, unless the same bytes are stored)."""
+    try:
+        data = (root / job.folder / job.name).read_bytes()
+    except FileNotFoundError:
+        return Outcome(job, reject=Reject(job.folder, job.name, "missing_image",
+                                          "the file disappeared during the load"))
+    except OSError as exc:
+        return Outcome(job, reject=Reject(job.folder, job.name, "unreadable_image", str(exc)))
+    try:
+        width, height = check_jpeg(data)
+    except BadImage as bad:
+        return Outcome(job, reject=Reject(job.folder, job.name, bad.reason, bad.detail))
+    sha256 = hashlib.sha256(data).hexdigest()
+    row = (job.key, bucket, job.productid, job.imageid, job.split, CONTENT_TYPE, len(data),
+           sha256, width, height)
+    if resume and _stored_sha256(client, bucket, job.key) == sha256:
+        return Outcome(job, row=row)
+    client.put_object(bucket, job.key, io.BytesIO(data), len(data), content_type=CONTENT_TYPE,
+                      metadata={SHA256_META: sha256})
+    return Outcome(job, row=row, uploaded=True)
+
+
+class Workers:
+    """fn(item) for every item on `count` threads; iterate to get results as they finish.
+
+    Threads pull from one queue (no future per item); leaving the `with` block early
+    stops them after their current item.
+    """
+
+    _STOP = object()
+
+    def __init__(self, fn: Callable, items: list, count: int):
+        self._fn, self._total = fn, len(items)
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        for item in items:
+            self._jobs.put(item)
+        self._threads = [threading.Thread(target=self._work, name=f"image-{i}", daemon=True)
+                         for i in range(min(count, max(len(items), 1)))]
+        for _ in self._threads:
+            self._jobs.put(self._STOP)
+
+    def _work(self) -> None:
+        while not self._cancel.is_set() and (item := self._jobs.get()) is not self._STOP:
+            try:
+                self._results.put((True, self._fn(item)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                self._results.put((False, exc))
+
+    def __enter__(self) -> Workers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __iter__(self) -> Iterator:
+        for _ in range(self._total):
+            ok, value = self._results.get()
+            if not ok:
+                raise value
+            yield value
+
+    def __exit__(self, *exc) -> None:
+        self._cancel.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _commit(conn: psycopg.Connection, batch_id: int, outcomes: list[Outcome]) -> None:
+    rows = [o.row for o in outcomes if o.row is not None]
+    rejects = [o.reject for o in outcomes if o.reject is not None]
+    uploaded = sum(o.uploaded for o in outcomes)
+    with conn.transaction():
+        if rows:
+            conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS stage_images (s3_key text, bucket text,"
+                " productid bigint, imageid bigint, source_split text, content_type text,"
+                " size_bytes integer, sha256 text, width integer, height integer)"
+                " ON COMMIT DELETE ROWS"
+            )
+            with conn.cursor() as cur:
+                with cur.copy("COPY stage_images FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(
+                    "INSERT INTO images (s3_key, bucket, productid, imageid, source_split,"
+                    " content_type, size_bytes, sha256, width, height, batch_id)"
+                    " SELECT s3_key, bucket, productid, imageid, source_split, content_type,"
+                    " size_bytes, sha256, width, height, %s FROM stage_images"
+                    " ON CONFLICT DO NOTHING",
+                    (batch_id,),
+                )
+        write_rejects(conn, batch_id, rejects)
+        conn.execute(
+            "UPDATE load_batches SET images_uploaded = images_uploaded + %s,"
+            " images_skipped = images_skipped + %s WHERE batch_id = %s",
+            (uploaded, len(rows) - uploaded, batch_id),
+        )
+
+
+# A product's image file name in SQL, as sources.image_name builds it in Python (the
+# tests compare the two through the missing_image rejects' locators).
+_NAME_SQL = "'image_' || p.imageid || '_product_' || p.productid || '.jpg'"
+_TODO_SQL = f"""
+FROM products p
+WHERE p.batch_id = %(batch)s
+  AND NOT EXISTS (SELECT 1 FROM images i WHERE i.productid = p.productid)
+  AND NOT EXISTS (SELECT 1 FROM rejects r WHERE r.batch_id = p.batch_id
+                  AND r.source_file = 'images/image_' || p.source_split
+                  AND r.locator = {_NAME_SQL})
+"""
+_PRESENT = "EXISTS (SELECT 1 FROM image_files f WHERE f.source_split = p.source_split" \
+           f" AND f.name = {_NAME_SQL})"
+
+
+def _stage_file_names(conn: psycopg.Connection, files: dict[str, set[str]]) -> None:
+    """The image folders' file names, for the set-based queries below."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS image_files (source_split text, name text)")
+    conn.execute("TRUNCATE image_files")
+    with conn.cursor() as cur, cur.copy("COPY image_files FROM STDIN") as copy:
+        copy.write("".join(f"{split}\t{name}\n" for split, names in files.items()
+                           for name in names).encode())
+    conn.execute("ANALYZE image_files")
+
+
+def _record_missing(conn: psycopg.Connection, batch_id: int) -> int:
+    """One `missing_image` reject per product of the batch without an image file.
+
+    Set-based, on the server, while the workers upload: no per-product Python work.
+    """
+    return conn.execute(
+        "INSERT INTO rejects (batch_id, source_file, locator, reason)"
+        f" SELECT p.batch_id, 'images/image_' || p.source_split, {_NAME_SQL}, 'missing_image'"
+        f" {_TODO_SQL} AND NOT {_PRESENT} ON CONFLICT DO NOTHING",
+        {"batch": batch_id},
+    ).rowcount
+
+
+def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> dict[str, int]:
+    """Store and catalogue the images of batch `batch_id`'s products; counts of this call."""
+    started = time.perf_counter()
+    root = Path(settings.path(settings.raw_data_dir))
+    bucket = settings.s3_bucket_images
+    counts = {"todo": 0, "uploaded": 0, "skipped": 0, "rejected": 0, "missing": 0}
+    with connect(settings, autocommit=True) as conn:
+        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
+                            (IMAGE_LOCK, batch_id)).fetchone()[0]:
+            raise IngestError(f"batch {batch_id}: its images are being loaded by another process")
+        row = conn.execute(
+            "SELECT status, text_loaded_at, images_started_at FROM load_batches"
+            " WHERE batch_id = %s", (batch_id,),
+        ).fetchone()
+        if row is None or row[1] is None:
+            raise IngestError(f"batch {batch_id}: no such batch with its text loaded")
+        if row[0] == "succeeded":
+            log.info("batch %d already succeeded; its images are loaded", batch_id)
+            return counts
+        resume = row[2] is not None
+        if resume:
+            log.info("batch %d: resuming its images (stored objects are checked by sha256)",
+                     batch_id)
+        else:
+            conn.execute("UPDATE load_batches SET images_started_at = now() WHERE batch_id = %s",
+                         (batch_id,))
+        # Products of the batch with neither a catalogued image nor an image reject yet,
+        # whose file is there; the others get a missing_image reject (below).
+        files = {split: list_images(root / folder) for split, folder in IMAGE_DIRS.items()}
+        _stage_file_names(conn, files)
+        present = [Job(*row) for row in conn.execute(
+            f"SELECT p.productid, p.imageid, p.source_split {_TODO_SQL} AND {_PRESENT}",
+            {"batch": batch_id},
+        )]
+        log.info("batch %d: %d products have an image file to load", batch_id, len(present))
+        counts["todo"] = len(present)
+        client = s3_client(settings)
+        if present:
+            ensure_buckets(client, [bucket])
+
+        def work(job: Job) -> Outcome:
+            return process(job, root, client, bucket, resume)
+
+        with Workers(work, present, settings.ingest_image_workers) as results, \
+                Progress(f"batch {batch_id} images", len(present), "images", bar=bar) as progress:
+            counts["missing"] = _record_missing(conn, batch_id)  # while the workers upload
+            if counts["missing"]:
+                log.info("batch %d: %d products have no image file (missing_image rejects)",
+                         batch_id, counts["missing"])
+            chunk: list[Outcome] = []
+            last_commit = time.monotonic()
+            for outcome in results:
+                chunk.append(outcome)
+                counts["uploaded"] += outcome.uploaded
+                counts["skipped"] += outcome.row is not None and not outcome.uploaded
+                counts["rejected"] += outcome.reject is not None
+                progress.update()
+                if (len(chunk) >= settings.ingest_image_chunk
+                        or time.monotonic() - last_commit > 5):
+                    _commit(conn, batch_id, chunk)
+                    chunk, last_commit = [], time.monotonic()
+            if chunk:
+                _commit(conn, batch_id, chunk)
+        elapsed = time.perf_counter() - started
+        conn.execute(
+            "UPDATE load_batches SET image_seconds = coalesce(image_seconds, 0) + %s"
+            " WHERE batch_id = %s", (elapsed, batch_id),
+        )
+        conn.execute("DROP TABLE IF EXISTS image_files")
+        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (IMAGE_LOCK, batch_id))
+    log.info("batch %d: images uploaded %d, already stored %d, rejected %d, missing %d "
+             "in %.2fs", batch_id, counts["uploaded"], counts["skipped"], counts["rejected"],
+             counts["missing"], elapsed)
+    return counts

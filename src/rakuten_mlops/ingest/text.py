@@ -1,0 +1,360 @@
+"""Phase 1 of a batch: products, labels and every reject, in one transaction.
+
+Under a lake-wide advisory lock (so two runs never take the same slice) the batch row,
+the categories, the slice's products and labels and all rejects commit together with
+`text_loaded_at`. A run killed before that commit leaves nothing behind; a run of the
+same run_id after it changes nothing.
+
+Products are bulk loaded with COPY, never inserted row by row, and streamed: the
+planner yields the slice's products while it reads, so validating in Python overlaps
+PostgreSQL's work (see `_copy_products` and INGEST_TEXT_WRITE for the two targets).
+All of it is one transaction; a savepoint lets a slice with too many rejects record
+them, and the failure, without loading any of its rows.
+
+Phase 1b, `assign_split`, gives the new labelled products their subset.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import psycopg
+
+from rakuten_mlops import schema, split
+from rakuten_mlops.ingest.plan import LakeState, Planner
+from rakuten_mlops.ingest.sources import X_FILES, IngestError, Reject, Source, read_source
+from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
+
+log = logging.getLogger("rakuten_mlops.ingest")
+
+INGEST_LOCK = 0x52414B56  # pg advisory lock: one text phase or split at a time, lake-wide
+CRASH_POINT_ENV = "RAKUTEN_TEST_CRASH_POINT"  # tests only: die at a named point
+
+
+def crash_point(name: str) -> None:
+    """Tests only: end the process abruptly (no cleanup, like a kill) at a named point."""
+    if os.environ.get(CRASH_POINT_ENV) == name:
+        log.warning("%s=%s: exiting abruptly for a crash test", CRASH_POINT_ENV, name)
+        os._exit(75)
+
+
+def normalize_slice(spec: str) -> str:
+    """'all', or a fraction in (0, 1] written canonically ('20%' and '0.20' give '0.2')."""
+    text = str(spec).strip().lower()
+    if text in ("all", "1", "1.0", "100%"):
+        return "all"
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise IngestError(
+            f"slice {spec!r}: expected 'all' or a fraction in (0, 1], e.g. 0.2 or 20%"
+        )
+    return "all" if value == 1 else format(value, "g")
+
+
+def slice_size(spec: str, total_records: int) -> int | None:
+    """How many records a batch takes: ceil(fraction x all source records); None = all."""
+    if spec == "all":
+        return None
+    return max(1, math.ceil(Fraction(spec) * total_records))
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Bulk parsing allocates ~10 objects per record and no cycles: skip the cyclic GC's
+    repeated scans of a growing heap (about half the parsing time) while it runs."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@dataclass
+class TextResult:
+    batch_id: int
+    already_loaded: bool
+
+
+def _read_state(conn: psycopg.Connection) -> LakeState:
+    state = LakeState()
+    for productid, source_split, source_row, imageid in conn.execute(
+        "SELECT productid, source_split, source_row, imageid FROM products"
+    ):
+        state.loaded_rows.add((source_split, source_row))
+        state.loaded_products[productid] = (source_split, source_row, imageid)
+    x_files = set(X_FILES.values())
+    for source_file, locator, source_row, reason in conn.execute(
+        "SELECT r.source_file, r.locator, r.source_row, r.reason FROM rejects r"
+        " JOIN load_batches b USING (batch_id) WHERE b.text_loaded_at IS NOT NULL"
+    ):
+        state.file_rejects.add((source_file, locator, reason))
+        if source_file in x_files:
+            if source_row is not None:
+                state.rejected_rows.add((source_file, source_row))
+            else:
+                state.rejected_lines.add((source_file, locator))
+    return state
+
+
+def write_rejects(conn: psycopg.Connection, batch_id: int, rejects: list[Reject]) -> int:
+    """Insert rejects (duplicates of existing ones are ignored); return how many are new."""
+    if not rejects:
+        return 0
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_rejects (source_file text, locator text,"
+        " source_row bigint, reason text, detail text) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY stage_rejects (source_file, locator, source_row, reason, detail) FROM STDIN"
+        ) as copy:
+            for r in rejects:
+                copy.write_row((r.source_file, r.locator, r.source_row, r.reason, r.detail))
+        cur.execute(
+            "INSERT INTO rejects (batch_id, source_file, locator, source_row, reason, detail)"
+            " SELECT %s, source_file, locator, source_row, reason, detail FROM stage_rejects"
+            " ON CONFLICT DO NOTHING",
+            (batch_id,),
+        )
+        inserted = cur.rowcount
+        cur.execute("TRUNCATE stage_rejects")
+    return inserted
+
+
+_PRODUCT_COLUMNS = ("productid, imageid, source_split, source_row, source_line, designation,"
+                    " description")
+
+
+def _copy_products(conn: psycopg.Connection, batch_id: int, planner: Planner,
+                   mode: str) -> tuple[int, int]:
+    """Stream the planner's products into PostgreSQL as it decides them; (products, labels).
+
+    The COPY runs while the planner reads on, so PostgreSQL's work overlaps Python's.
+    mode "copy": straight into products and labels. The planner has already left out
+    every row the lake holds (it read the lake under the batch lock, in this
+    transaction), so nothing can conflict; if anything did, the COPY would fail and the
+    whole batch roll back, never half-load.
+    mode "staging": into a temporary table, then INSERT ... ON CONFLICT DO NOTHING into
+    products and labels: the same result, about twice as slow (row-at-a-time inserts).
+    """
+    labels: list[tuple[int, int, int]] = []
+    written = 0
+    if mode == "staging":
+        conn.execute(
+            "CREATE TEMP TABLE stage_products (productid bigint, imageid bigint,"
+            " source_split text, source_row bigint, source_line integer, designation text,"
+            " description text, batch_id bigint) ON COMMIT DROP"
+        )
+    target = "products" if mode == "copy" else "stage_products"
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY {target} ({_PRODUCT_COLUMNS}, batch_id) FROM STDIN") as copy, \
+                gc_paused():
+            for p in planner.products():
+                copy.write_row((p.productid, p.imageid, p.split, p.index, p.line,
+                                p.designation, p.description, batch_id))
+                written += 1
+                if p.prdtypecode is not None:
+                    labels.append((p.productid, p.prdtypecode, batch_id))
+        if mode == "copy":
+            with cur.copy("COPY labels (productid, prdtypecode, batch_id) FROM STDIN") as copy:
+                for row in labels:
+                    copy.write_row(row)
+            return written, len(labels)
+        cur.execute(
+            f"INSERT INTO products ({_PRODUCT_COLUMNS}, batch_id)"
+            f" SELECT {_PRODUCT_COLUMNS}, batch_id FROM stage_products ON CONFLICT DO NOTHING"
+        )
+        products = cur.rowcount
+        conn.execute("CREATE TEMP TABLE stage_labels (productid bigint, prdtypecode integer,"
+                     " batch_id bigint) ON COMMIT DROP")
+        with cur.copy("COPY stage_labels FROM STDIN") as copy:
+            for row in labels:
+                copy.write_row(row)
+        cur.execute(
+            "INSERT INTO labels (productid, prdtypecode, batch_id)"
+            " SELECT s.productid, s.prdtypecode, s.batch_id FROM stage_labels s"
+            " JOIN products p ON p.productid = s.productid AND p.batch_id = s.batch_id"
+            " ON CONFLICT DO NOTHING"
+        )
+        return products, cur.rowcount
+
+
+def _upsert_categories(conn: psycopg.Connection, categories: dict[int, str]) -> None:
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO categories (prdtypecode, name) VALUES (%s, %s)"
+            " ON CONFLICT (prdtypecode) DO UPDATE SET name = EXCLUDED.name"
+            " WHERE categories.name IS DISTINCT FROM EXCLUDED.name",
+            sorted(categories.items()),
+        )
+
+
+def _text_loaded(conn: psycopg.Connection, run_id: str) -> int | None:
+    row = conn.execute(
+        "SELECT batch_id FROM load_batches WHERE run_id = %s AND text_loaded_at IS NOT NULL",
+        (run_id,),
+    ).fetchone()
+    return row[0] if row else None
+
+
+class _TooManyRejects(Exception):
+    pass
+
+
+def _start_batch(conn: psycopg.Connection, run_id: str, spec: str, root: Path) -> tuple[int, str]:
+    """The batch row of `run_id` (new, or a failed attempt reset); (batch_id, slice spec)."""
+    row = conn.execute(
+        "SELECT batch_id, slice_spec FROM load_batches WHERE run_id = %s FOR UPDATE", (run_id,)
+    ).fetchone()
+    if row is None:
+        for other, other_run in conn.execute(
+            "SELECT batch_id, run_id FROM load_batches WHERE status = 'running'"
+            " AND text_loaded_at IS NOT NULL ORDER BY batch_id"
+        ):
+            log.warning("batch %d (run %s) never finished its images: run it again with the "
+                        "same run id (CLI --run-id %s, or clear its Airflow task) to finish "
+                        "it", other, other_run, other_run)
+        batch_id = conn.execute(
+            "INSERT INTO load_batches (run_id, source_dir, slice_spec, status)"
+            " VALUES (%s, %s, %s, 'running') RETURNING batch_id",
+            (run_id, str(root), spec),
+        ).fetchone()[0]
+        log.info("run %s: new batch %d (slice %s)", run_id, batch_id, spec)
+        return batch_id, spec
+    # An earlier attempt of this run failed before its text committed: start it again,
+    # with the slice it asked for.
+    batch_id, spec = row
+    conn.execute("DELETE FROM rejects WHERE batch_id = %s", (batch_id,))
+    conn.execute(
+        "UPDATE load_batches SET status = 'running', error = NULL, finished_at = NULL,"
+        " started_at = now() WHERE batch_id = %s", (batch_id,),
+    )
+    log.info("run %s: retrying batch %d (slice %s)", run_id, batch_id, spec)
+    return batch_id, spec
+
+
+def load_text(settings: Settings, run_id: str, slice_spec: str | None = None,
+              source: Source | None = None) -> TextResult:
+    """Load the next slice's text as batch `run_id` (or nothing, if that batch has it)."""
+    started = time.perf_counter()
+    spec = normalize_slice(slice_spec or settings.ingest_slice)
+    root = Path(settings.path(settings.raw_data_dir))
+    limit = settings.ingest_max_text_reject_ratio
+    # autocommit: each `conn.transaction()` below is a whole transaction, committed at
+    # its end (not a savepoint of an implicit one that an exception would roll back).
+    with connect(settings, autocommit=True) as conn:
+        schema.migrate(conn)
+        if (batch_id := _text_loaded(conn, run_id)) is not None:
+            log.info("run %s: batch %d already has its text; nothing to do", run_id, batch_id)
+            return TextResult(batch_id, already_loaded=True)
+        if source is None:
+            log.info("reading %s", root)
+            with gc_paused():  # products are read while they are written, for "all"
+                source = read_source(root, lazy=spec == "all")
+        for name in source.missing_optional:
+            log.warning("optional input %s not found in %s: no products from it", name, root)
+        failure = None
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
+            if (batch_id := _text_loaded(conn, run_id)) is not None:
+                return TextResult(batch_id, already_loaded=True)  # finished meanwhile
+            batch_id, spec = _start_batch(conn, run_id, spec, root)
+            _upsert_categories(conn, source.categories)
+            size = None if spec == "all" else slice_size(spec, source.total_records)
+            planner = Planner(source, _read_state(conn), size)
+            try:
+                with conn.transaction():  # savepoint: the slice's products and labels
+                    products, labels = _copy_products(conn, batch_id, planner,
+                                                      settings.ingest_text_write)
+                    rejects = planner.rejects
+                    ratio = len(rejects) / planner.slice_records if planner.slice_records else 0.0
+                    if ratio > limit:
+                        raise _TooManyRejects(
+                            f"batch {batch_id}: {len(rejects)} of {planner.slice_records} "
+                            f"product records rejected ({ratio:.1%}), above the limit "
+                            f"INGEST_MAX_TEXT_REJECT_RATIO={limit:g}: {_top_reasons(rejects)}. "
+                            f"Nothing of this slice was loaded; see: SELECT * FROM rejects "
+                            f"WHERE batch_id = {batch_id}")
+            except _TooManyRejects as exc:
+                failure = str(exc)
+            file_rejects, image_rejects = planner.finish()
+            log.info("source %s: %d product records (%s), %d label records, %d categories, "
+                     "%d image files", root, source.total_records,
+                     ", ".join(f"{s} {len(r)}" for s, r in source.x_records.items()),
+                     len(source.y_records), len(source.categories),
+                     sum(len(f) for f in source.image_files.values()))
+            all_rejects = [*planner.rejects, *file_rejects, *image_rejects]
+            write_rejects(conn, batch_id, all_rejects)
+            common = (planner.slice_records, planner.remaining, len(planner.rejects),
+                      len(all_rejects), time.perf_counter() - started)
+            if failure:
+                conn.execute(
+                    "UPDATE load_batches SET status = 'failed', error = %s, finished_at = now(),"
+                    " rows_read = %s, remaining_rows = %s, text_rejects = %s, rejects = %s,"
+                    " text_seconds = %s WHERE batch_id = %s", (failure, *common, batch_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE load_batches SET text_loaded_at = now(), rows_read = %s,"
+                    " remaining_rows = %s, text_rejects = %s, rejects = %s, text_seconds = %s,"
+                    " products_loaded = %s, labels_loaded = %s WHERE batch_id = %s",
+                    (*common, products, labels, batch_id),
+                )
+                crash_point("text_before_commit")
+                log.info("batch %d: slice of %d records: loaded %d products and %d labels, "
+                         "rejected %d records; also %d label/category/image-folder rejects "
+                         "and %d images of rejected products; %d records left for later "
+                         "batches (%.2fs)", batch_id, planner.slice_records, products, labels,
+                         len(planner.rejects), len(file_rejects), len(image_rejects),
+                         planner.remaining, time.perf_counter() - started)
+        if failure:
+            raise IngestError(failure)
+    return TextResult(batch_id, already_loaded=False)
+
+
+def assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
+    """Phase 1b: the train/validation/test subset of every labelled product lacking one.
+
+    Idempotent and self-healing: it assigns whatever a crashed run left unassigned, in
+    batch order, exactly as that run would have (see rakuten_mlops.split).
+    """
+    started = time.perf_counter()
+    with connect(settings) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
+        subsets = split.assign_split(conn, settings.split_seed,
+                                     settings.split_validation_fraction,
+                                     settings.split_test_fraction)
+        if sum(subsets.values()):  # a re-run that assigns nothing changes nothing
+            conn.execute(
+                "UPDATE load_batches SET split_assigned = (SELECT count(*) FROM dataset_split s"
+                " JOIN labels l USING (productid) WHERE l.batch_id = %s),"
+                " split_seconds = coalesce(split_seconds, 0) + %s WHERE batch_id = %s",
+                (batch_id, time.perf_counter() - started, batch_id),
+            )
+    log.info("batch %d: split assigned to %d labelled products %s (seed %d) in %.2fs",
+             batch_id, sum(subsets.values()), subsets, settings.split_seed,
+             time.perf_counter() - started)
+    return subsets
+
+
+def _top_reasons(rejects: list[Reject], top: int = 5) -> str:
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        counts[reject.reason] = counts.get(reject.reason, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return ", ".join(f"{reason} x{count}" for reason, count in ranked)

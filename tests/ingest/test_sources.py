@@ -1,0 +1,170 @@
+"""Reading the raw files and planning a slice: pure functions, no services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lakehelpers import jpeg_bytes, png_bytes
+
+from rakuten_mlops.ingest.images import BadImage, check_jpeg
+from rakuten_mlops.ingest.plan import LakeState, make_plan
+from rakuten_mlops.ingest.sources import (
+    X_HEADER,
+    X_INT_COLUMNS,
+    IngestError,
+    read_csv,
+    read_source,
+)
+from rakuten_mlops.ingest.text import normalize_slice, slice_size
+
+HEADER = ",designation,description,productid,imageid\n"
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def test_multiline_quoted_records_keep_their_first_line(tmp_path):
+    path = write(tmp_path / "x.csv", HEADER
+                 + '0,Livre,"<p>a,\nb</p>\n\nc",11,21\n'
+                 + '1,Jeu,"",12,22\n')
+    records = read_csv(path, X_HEADER, X_INT_COLUMNS)
+    assert [(r.line, r.end_line, r.fields[0]) for r in records] == [(2, 5, "0"), (6, 6, "1")]
+    assert records[0].fields[2] == "<p>a,\nb</p>\n\nc"
+    assert not any(r.malformed for r in records)
+
+
+def test_a_stray_quote_rejects_one_line_and_reading_resumes(tmp_path):
+    # Line 3 opens a quote that never closes: the csv module would swallow lines 4-5.
+    path = write(tmp_path / "x.csv", HEADER
+                 + "0,A,,11,21\n"
+                 + '1,"B broken,,12,22\n'
+                 + "2,C,,13,23\n"
+                 + "3,D,,14,24\n")
+    records = read_csv(path, X_HEADER, X_INT_COLUMNS)
+    assert [(r.line, r.malformed is not None) for r in records] == [
+        (2, False), (3, True), (4, False), (5, False)]
+    assert [r.fields[1] for r in records if not r.malformed] == ["A", "C", "D"]
+
+
+def test_wrong_field_count_is_malformed_with_its_line(tmp_path):
+    path = write(tmp_path / "x.csv", HEADER + "0,A,,11\n1,B,,12,22\n2,C,,13,23,extra\n")
+    records = read_csv(path, X_HEADER, X_INT_COLUMNS)
+    assert [(r.line, r.malformed) for r in records] == [
+        (2, "expected 5 fields, found 4"), (3, None), (4, "expected 5 fields, found 6")]
+
+
+def test_invalid_utf8_is_flagged_on_its_record_only(tmp_path):
+    path = write(tmp_path / "x.csv", HEADER.encode() + b"0,caf\xe9,,11,21\n1,Caf\xc3\xa9,,12,22\n")
+    records = read_csv(path, X_HEADER, X_INT_COLUMNS)
+    assert [r.bad_utf8 for r in records] == [True, False]
+    assert records[1].fields[1] == "Café"
+
+
+def test_bom_and_blank_lines_are_not_records(tmp_path):
+    path = write(tmp_path / "x.csv", "\ufeff" + HEADER + "\n0,A,,11,21\n\n")
+    assert [r.line for r in read_csv(path, X_HEADER, X_INT_COLUMNS)] == [3]
+
+
+def test_a_wrong_header_stops_the_load(tmp_path):
+    path = write(tmp_path / "x.csv", "id,title,text,productid,imageid\n0,A,,1,2\n")
+    with pytest.raises(IngestError, match="header"):
+        read_csv(path, X_HEADER, X_INT_COLUMNS)
+
+
+def test_missing_required_files_are_named(tmp_path):
+    write(tmp_path / "X_train_update.csv", HEADER)
+    with pytest.raises(IngestError, match="Y_train_CVw08PX.csv, category_names.csv"):
+        read_source(tmp_path)
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("all", "all"), ("ALL", "all"), ("1", "all"), ("100%", "all"),
+    ("0.2", "0.2"), ("20%", "0.2"), (" 0.20 ", "0.2"), ("0.05", "0.05"),
+])
+def test_slice_specs(spec, expected):
+    assert normalize_slice(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["0", "-0.1", "1.5", "half", "", "150%"])
+def test_bad_slice_specs_are_refused(spec):
+    with pytest.raises(IngestError, match="slice"):
+        normalize_slice(spec)
+
+
+def test_slice_size_rounds_up():
+    assert slice_size("all", 2306) is None
+    assert slice_size("0.2", 2306) == 462  # ceil(461.2)
+    assert slice_size("0.2", 5) == 1
+    assert slice_size("0.001", 10) == 1
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_a_real_jpeg_passes_with_its_size():
+    assert check_jpeg(jpeg_bytes((40, 30))) == (40, 30)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "empty_image"),
+    (png_bytes(), "not_jpeg"),
+    (b"<html>not found</html>", "not_jpeg"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 200, "corrupt_image"),
+    (jpeg_bytes()[:-300], "corrupt_image"),  # truncated
+])
+def test_unusable_images_are_refused_with_a_reason(data, reason):
+    with pytest.raises(BadImage) as refused:
+        check_jpeg(data)
+    assert refused.value.reason == reason
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def source_dir(tmp_path: Path, x_train: str, y_train: str, x_test: str | None = None) -> Path:
+    write(tmp_path / "X_train_update.csv", HEADER + x_train)
+    write(tmp_path / "Y_train_CVw08PX.csv", ",prdtypecode\n" + y_train)
+    write(tmp_path / "category_names.csv", "prdtypecode,category\n10,Livres\n40,Jeux\n")
+    if x_test is not None:
+        write(tmp_path / "X_test_update.csv", HEADER + x_test)
+    return tmp_path
+
+
+def test_plan_takes_slices_in_order_and_skips_what_is_done(tmp_path):
+    root = source_dir(tmp_path, "".join(f"{i},P{i},,{100 + i},{200 + i}\n" for i in range(5)),
+                      "".join(f"{i},10\n" for i in range(5)), "5,T,,105,205\n")
+    source = read_source(root)
+    first = make_plan(source, LakeState(), 2)
+    assert [p.index for p in first.products] == [0, 1]
+    assert (first.slice_records, first.remaining) == (2, 4)
+    state = LakeState(loaded_rows={("train", 0), ("train", 1)},
+                      loaded_products={100: ("train", 0, 200), 101: ("train", 1, 201)})
+    second = make_plan(source, state, None)
+    assert [(p.split, p.index, p.prdtypecode) for p in second.products] == [
+        ("train", 2, 10), ("train", 3, 10), ("train", 4, 10), ("test", 5, None)]
+    assert second.remaining == 0
+
+
+def test_plan_verdicts(tmp_path):
+    root = source_dir(
+        tmp_path,
+        "0,Good,,100,200\n"
+        "1,Dup,,100,201\n"      # productid already claimed by line 2
+        "1,Again,,102,202\n"    # index 1 repeated
+        "3,   ,,103,203\n"      # empty designation
+        "4,No label,,104,204\n"
+        "5,Bad id,,10x,205\n"
+        "6,No id,,,206\n",
+        "0,10\n1,10\n3,10\n5,10\n6,40\n9,10\n3,40\n")
+    plan = make_plan(read_source(root), LakeState(), None)
+    assert [p.index for p in plan.products] == [0]
+    assert {(r.locator, r.reason) for r in plan.rejects} == {
+        ("line 3", "duplicate_product"), ("line 4", "duplicate_row_index"),
+        ("line 5", "empty_designation"), ("line 6", "missing_label"),
+        ("line 7", "invalid_id"), ("line 8", "missing_id")}
+    assert {(r.source_file, r.locator, r.reason) for r in plan.file_rejects} == {
+        ("Y_train_CVw08PX.csv", "line 7", "label_without_product"),
+        ("Y_train_CVw08PX.csv", "line 8", "duplicate_row_index")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -106,6 +107,99 @@ def airflow(ctx: typer.Context) -> None:
     os.environ.update(airflow_env(get_settings()))
     binary = str(Path(venv_bin()) / "airflow")
     os.execv(binary, [binary, *ctx.args])
+
+
+@app.command("ingest")
+def ingest(
+    slice_spec: Annotated[str | None, typer.Option(
+        "--slice", help="Fraction of the source per run (0.2, 20%) or 'all'. Default: INGEST_SLICE",
+    )] = None,
+    run_id: Annotated[str | None, typer.Option(
+        help="Batch id; re-running one finishes it or changes nothing. Default: a timestamp.",
+    )] = None,
+    raw_dir: Annotated[
+        Path | None, typer.Option(help="Folder in the challenge layout. Default: RAW_DATA_DIR.")
+    ] = None,
+) -> None:
+    """Load the next slice of raw_data/ into the lake (what the prepare_data DAG runs)."""
+    import json
+    import logging
+
+    from rakuten_mlops.ingest import IngestError, default_run_id, run_ingest
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = get_settings()
+    if raw_dir is not None:
+        settings = settings.model_copy(update={"raw_data_dir": raw_dir.resolve()})
+    try:
+        summary = run_ingest(settings, run_id or default_run_id(), slice_spec)
+    except IngestError as exc:
+        typer.secho(f"ingest failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("lake-summary")
+def lake_summary_command() -> None:
+    """Counts of what the data lake holds (products, labels, split, images, rejects, batches)."""
+    import json
+
+    from rakuten_mlops.ingest import lake_summary
+
+    typer.echo(json.dumps(lake_summary(get_settings()), indent=2))
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Default: BIND_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: API_PORT.")] = None,
+) -> None:
+    """Run the prediction API (what `make up` starts as the `api` service)."""
+    from rakuten_mlops.serving.app import run
+    from rakuten_mlops.serving.auth import MissingKeysError
+
+    try:
+        run(get_settings(), host, port)
+    except MissingKeysError as exc:
+        typer.secho(f"serve: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("predict-batch")
+def predict_batch(
+    source_split: Annotated[
+        str, typer.Option(help="Which challenge file's products: test (unlabelled) or train.")
+    ] = "test",
+    limit: Annotated[int | None, typer.Option(help="At most this many products.")] = None,
+) -> None:
+    """Classify the lake's products with the champion into batch_predictions."""
+    import json
+    import logging
+
+    from rakuten_mlops.serving.batch import predict_lake
+    from rakuten_mlops.serving.model import ModelLoadError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
+    except ModelLoadError as exc:
+        typer.secho(f"predict-batch: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("demo-predict")
+def demo_predict_command(
+    count: Annotated[int, typer.Option(help="How many products to classify.")] = 5,
+) -> None:
+    """Call the running API's /predict on a few real products and print the answers."""
+    from rakuten_mlops.serving.client import DemoError, demo_predict
+
+    try:
+        demo_predict(get_settings(), count)
+    except DemoError as exc:
+        typer.secho(f"demo-predict: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:  # pragma: no cover - console entry point

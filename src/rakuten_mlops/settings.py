@@ -11,6 +11,7 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
@@ -76,12 +77,46 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     prometheus_port: int = Field(9090, ge=1, le=65535)
 
+    # The registered model trained and served, and the alias of the one in production.
+    model_name: str = "rakuten-prdtypecode"
+    model_alias: str = "champion"
+
+    # Prediction API (rakuten_mlops.serving). The keys are optional here so that other
+    # processes need not carry them; the API refuses to start without both.
+    api_port: int = Field(8000, ge=1, le=65535)
+    api_client_key: SecretStr | None = None
+    api_admin_key: SecretStr | None = None
+    api_max_designation_chars: int = Field(1000, ge=1)
+    api_max_description_chars: int = Field(20000, ge=1)
+    api_max_batch_size: int = Field(256, ge=1, le=10000)
+    api_model_poll_seconds: float = Field(30.0, ge=0)  # 0: only POST /admin/reload
+    api_log_flush_seconds: float = Field(1.0, gt=0)
+    api_log_buffer_rows: int = Field(100_000, ge=1)
+
     # Paths, relative to the project root unless absolute.
     raw_data_dir: Path = Path("raw_data")
     processed_data_dir: Path = Path("processed_data")
     models_dir: Path = Path("models")
     stack_dir: Path = Path(".stack")
     nltk_data_dir: Path = Path("config/nltk_data")
+
+    # prepare_data / `rakuten-mlops ingest` (see rakuten_mlops.ingest)
+    ingest_slice: str = "all"  # records per run: a fraction of the source ("0.2", "20%") or "all"
+    # A run fails above these ratios: rejected product records / records of the slice;
+    # unusable image files / image files present; products without an image file / products
+    # loaded (1.0 = never fail on it: the shipped sample has images for few products).
+    ingest_max_text_reject_ratio: float = Field(0.05, ge=0, le=1)
+    ingest_max_image_reject_ratio: float = Field(0.05, ge=0, le=1)
+    ingest_max_missing_image_ratio: float = Field(1.0, ge=0, le=1)
+    # How product rows reach their tables: "copy" (COPY straight in; the planner leaves
+    # out rows the lake holds) or "staging" (COPY to a temp table + INSERT ON CONFLICT).
+    ingest_text_write: Literal["copy", "staging"] = "copy"
+    ingest_image_workers: int = Field(8, ge=1, le=64)
+    ingest_image_chunk: int = Field(500, ge=1)  # image catalogue rows per commit
+    # The train/validation/test split of labelled products (rakuten_mlops.split)
+    split_seed: int = 42
+    split_validation_fraction: float = Field(0.15, ge=0, lt=1)
+    split_test_fraction: float = Field(0.15, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:

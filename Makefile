@@ -33,6 +33,7 @@ status: setup
 
 demo: setup
 	$(CLI) stack up
+	$(CLI) demo-predict  # last: the API classifies a few real products
 
 test: setup
 	$(PY) -m pytest

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from pytest import MonkeyPatch
+
+monkeypatch_context = MonkeyPatch.context
 
 # Before anything reads settings: tests get a database and buckets of their own.
 TEST_OVERRIDES = {
@@ -35,7 +38,12 @@ def stack(settings):
 
     supervisor = Supervisor(settings)
     was_down = all(status.pid is None for status in supervisor.status())
-    supervisor.up(report=lambda line: print(f"[stack] {line}"))
+    # Services are the user's, not the tests': they must not inherit the test overrides
+    # (bootstrap still creates the test database and buckets from `settings`).
+    with monkeypatch_context() as patch:
+        for name in TEST_OVERRIDES:
+            patch.delenv(name)
+        supervisor.up(report=lambda line: print(f"[stack] {line}"))
     yield supervisor
     if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
         supervisor.down(report=lambda line: print(f"[stack] {line}"))

@@ -28,6 +28,7 @@ def test_every_service_is_healthy(stack):
         "airflow-scheduler",
         "airflow-dag-processor",
         "airflow-triggerer",
+        "api",
     }
     assert set(states.values()) == {"healthy"}, states
 

@@ -446,6 +446,10 @@ def prometheus_config(settings: Settings) -> dict:
                 "job_name": "mlflow",
                 "static_configs": [{"targets": [f"{host}:{settings.mlflow_port}"]}],
             },
+            {
+                "job_name": "api",
+                "static_configs": [{"targets": [f"{host}:{settings.api_port}"]}],
+            },
         ],
     }
 
@@ -476,6 +480,29 @@ def prometheus_service(settings: Settings) -> Service:
     )
 
 
+# --------------------------------------------------------------------------- API
+
+
+def api_service(settings: Settings) -> Service:
+    """The prediction API (rakuten_mlops.serving); it loads the champion from MLflow."""
+    base = f"http://{settings.bind_host}:{settings.api_port}"
+    return Service(
+        name="api",
+        command=[sys.executable, "-m", "rakuten_mlops", "serve"],
+        env={
+            "RAKUTEN_PROJECT_ROOT": str(project_root()),
+            "RAKUTEN_ENV_FILE": str(env_file()),
+            **s3_client_env(settings),
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        },
+        url=f"{base} (docs {base}/docs)",
+        healthy=lambda: http_ok(f"{base}/health"),
+        after=("postgres", "mlflow"),
+        start_timeout=60,
+        ports=(settings.api_port,),
+    )
+
+
 def local_services(settings: Settings) -> list[Service]:
     """Every local-mode service, in start order (dependencies first)."""
     return [
@@ -484,4 +511,5 @@ def local_services(settings: Settings) -> list[Service]:
         prometheus_service(settings),
         mlflow_service(settings),
         *airflow_services(settings),
+        api_service(settings),
     ]

@@ -1,0 +1,563 @@
+"""The served model: where it comes from, how it is swapped, and how texts reach it.
+
+* `ModelManager.refresh()` loads the registry's `MODEL_NAME@MODEL_ALIAS` (MLflow) when
+  it changed, falls back to the exported copy in `models/` when MLflow is unreachable
+  (saying why), and swaps the new model in with one reference assignment: requests
+  already running finish on the model they started with, so a swap fails none of them.
+  The model is loaded once per version, never per request.
+* `LoadedModel.predict()` is the one place that knows the model's input contract: a
+  fitted scikit-learn Pipeline whose first step takes a frame with `designation` and
+  `description` columns (rakuten_mlops.text.TextCleaner), or, failing that, one raw
+  string per product. Which one is probed once, at load time.
+
+Export layout read by the fallback (written by the training pipeline's export step):
+`models/<MODEL_NAME>.json` (or the one `*.json` there) with optional keys `version`,
+`run_id`, `metrics`, `params`, `training_data` and `model_path` (relative to
+`models/`); the model itself an MLflow model folder (with an `MLmodel` file), or a
+`.joblib`/`.pkl` file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+
+from rakuten_mlops.settings import Settings
+
+log = logging.getLogger("rakuten_mlops.serving.model")
+
+Source = Literal["registry", "export"]
+PROBE = {"designation": "Peluche Donald - Disneyland (Marionnette A Doigt)", "description": None}
+MODEL_FILE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+REGISTRY_PROBE_TIMEOUT = 3.0
+
+
+class ModelLoadError(RuntimeError):
+    """No usable model: the message says what was tried."""
+
+
+class RegistryUnavailable(ModelLoadError):
+    """MLflow cannot be reached, or has no version under the alias."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k (prdtypecode, probability) per product, most probable first, and timings."""
+
+    top: list[list[tuple[int, float]]]
+    preprocess_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    version: str
+    alias: str
+    source: Source
+    estimator: Any
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    training_data: dict[str, Any] = field(default_factory=dict)
+    categories: dict[int, str] = field(default_factory=dict)
+    fallback_reason: str | None = None
+    # What makes two loads the same model (registry version, or export file state).
+    identity: tuple = ()
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Set by prepare(): the input contract and the split into preprocessing + estimator.
+    input_kind: Literal["frame", "text"] = "frame"
+    score: Literal["predict_proba", "softmax(decision_function)"] = "predict_proba"
+    # Models without predict_proba: softmax(decision / temperature). The temperature is
+    # fitted at training time on held-out rows (fit_temperature) and stored with the
+    # model as `score_temperature` (run param or tag, or export metadata); None = 1.0,
+    # i.e. a monotone but uncalibrated score.
+    temperature: float | None = None
+    classes: tuple[int, ...] = ()
+    _steps: tuple[Any, Any] | None = None
+
+    # ---------------------------------------------------------------- preparation
+
+    def prepare(self) -> LoadedModel:
+        """Probe the input contract, split the pipeline and warm it up; a new instance."""
+        preprocess, final = _split_pipeline(self.estimator)
+        _contiguous_coefficients(final)
+        if hasattr(final, "predict_proba"):
+            score = "predict_proba"
+        elif hasattr(final, "decision_function"):
+            score = "softmax(decision_function)"
+        else:
+            raise ModelLoadError(
+                f"{self.name} v{self.version}: the final step {type(final).__name__} has "
+                "neither predict_proba nor decision_function"
+            )
+        classes = getattr(final, "classes_", None)
+        if classes is None:
+            classes = getattr(self.estimator, "classes_", None)
+        if classes is None:
+            raise ModelLoadError(f"{self.name} v{self.version}: not fitted (no classes_)")
+        try:
+            codes = tuple(int(code) for code in classes)
+        except (TypeError, ValueError) as exc:
+            raise ModelLoadError(f"classes_ are not prdtypecodes: {list(classes)[:5]}") from exc
+        prepared = replace(
+            self, score=score, classes=codes, _steps=(preprocess, final), input_kind="frame"
+        )
+        errors = []
+        for kind in ("frame", "text"):
+            candidate = replace(prepared, input_kind=kind)
+            try:
+                candidate.predict([PROBE["designation"]], [PROBE["description"]], k=1)
+                # Twice: the first call may include one-off work (lazy imports, caches).
+                candidate.predict([PROBE["designation"]], ["<b>une description</b>"], k=1)
+                return candidate
+            except Exception as exc:  # noqa: BLE001 - try the next contract, report all
+                errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+        raise ModelLoadError(
+            f"{self.name} v{self.version} accepts neither a designation/description frame "
+            f"nor raw strings ({'; '.join(errors)})"
+        )
+
+    # ---------------------------------------------------------------- prediction
+
+    def _inputs(self, designations: list[str], descriptions: list[str | None]):
+        if self.input_kind == "frame":
+            import pandas as pd
+
+            return pd.DataFrame(
+                {"designation": designations, "description": descriptions}, dtype=object
+            )
+        return [
+            f"{designation} {description}" if description else designation
+            for designation, description in zip(designations, descriptions, strict=True)
+        ]
+
+    def predict(
+        self, designations: list[str], descriptions: list[str | None], k: int
+    ) -> Prediction:
+        """One call into the model for all the products."""
+        preprocess, final = self._steps
+        started = time.perf_counter()
+        features = self._inputs(designations, descriptions)
+        if preprocess is not None:
+            features = preprocess.transform(features)
+        prepared = time.perf_counter()
+        if self.score == "predict_proba":
+            scores = np.asarray(final.predict_proba(features), dtype=float)
+        else:
+            decision = np.asarray(final.decision_function(features), dtype=float)
+            scores = _softmax(decision / (self.temperature or 1.0))
+        finished = time.perf_counter()
+        if not np.isfinite(scores).all():
+            raise ValueError("the model returned non-finite scores")
+        if scores.shape != (len(designations), len(self.classes)):
+            # e.g. a raw-text vectoriser fed a frame iterates over its column names
+            raise ValueError(
+                f"the model returned scores of shape {scores.shape} for "
+                f"{len(designations)} products and {len(self.classes)} classes"
+            )
+        return Prediction(
+            top=_top_k(scores, self.classes, k),
+            preprocess_seconds=prepared - started,
+            inference_seconds=finished - prepared,
+        )
+
+    def category(self, code: int) -> str | None:
+        return self.categories.get(code)
+
+
+def _split_pipeline(estimator) -> tuple[Any, Any]:
+    """(every step but the last, the last step) for a Pipeline; (None, model) otherwise."""
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
+        return estimator[:-1], estimator.steps[-1][1]
+    return None, estimator
+
+
+def _contiguous_coefficients(estimator) -> None:
+    """Store a linear model's coef_ in Fortran order (same values, other memory layout).
+
+    Linear models score with `X @ coef_.T`; with X sparse (TF-IDF), scipy needs coef_.T
+    C-contiguous and otherwise copies the whole matrix on every call: 27 x 100k floats,
+    about 3 ms per prediction, more than everything else together.
+    """
+    coef = getattr(estimator, "coef_", None)
+    if isinstance(coef, np.ndarray) and coef.ndim == 2 and not coef.T.flags.c_contiguous:
+        estimator.coef_ = np.asfortranarray(coef)
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    if scores.ndim == 1:  # binary decision_function: score of the positive class
+        scores = np.column_stack([-scores, scores])
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(decision: np.ndarray, labels: np.ndarray, classes) -> float:
+    """The temperature T minimising the log-loss of softmax(decision / T) on held-out rows.
+
+    Temperature scaling (Guo et al., 2017): one parameter, so it calibrates the scores
+    of a margin classifier (LinearSVC) without changing its ranking. `decision` is the
+    model's decision_function on rows it was not fitted on, `labels` their classes.
+    For the training pipeline to call and log as `score_temperature`.
+    """
+    from scipy.optimize import minimize_scalar
+
+    decision = np.asarray(decision, dtype=float)
+    index = {code: i for i, code in enumerate(classes)}
+    truth = np.array([index[label] for label in labels])
+
+    def log_loss(log_t: float) -> float:
+        scaled = decision / np.exp(log_t)
+        scaled -= scaled.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(scaled).sum(axis=1))
+        return float(np.mean(log_norm - scaled[np.arange(len(truth)), truth]))
+
+    result = minimize_scalar(log_loss, bounds=(-6.0, 6.0), method="bounded")
+    return float(np.exp(result.x))
+
+
+def _temperature(*sources: dict) -> float | None:
+    for source in sources:
+        value = source.get("score_temperature")
+        if value is not None:
+            try:
+                temperature = float(value)
+            except (TypeError, ValueError):
+                continue
+            if temperature > 0 and np.isfinite(temperature):
+                return temperature
+    return None
+
+
+def _top_k(scores: np.ndarray, classes: tuple[int, ...], k: int) -> list[list[tuple[int, float]]]:
+    k = min(k, scores.shape[1])
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    picked = np.clip(np.take_along_axis(scores, order, axis=1), 0.0, 1.0)
+    return [
+        [(classes[index], float(prob)) for index, prob in zip(row, probs, strict=True)]
+        for row, probs in zip(order.tolist(), picked.tolist(), strict=True)
+    ]
+
+
+# ------------------------------------------------------------------------- categories
+
+
+def load_category_names(settings: Settings) -> tuple[dict[int, str], str]:
+    """prdtypecode -> name: the lake's `categories` table, else raw_data/category_names.csv."""
+    try:
+        from rakuten_mlops.storage import connect
+
+        with connect(settings, connect_timeout=3) as conn:
+            rows = conn.execute("SELECT prdtypecode, name FROM categories").fetchall()
+        if rows:
+            return {int(code): name for code, name in rows}, "lake"
+    except Exception as exc:  # noqa: BLE001 - the lake is optional here
+        log.info("category names not read from the lake (%s)", type(exc).__name__)
+    path = settings.path(settings.raw_data_dir) / "category_names.csv"
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            names = {int(row["prdtypecode"]): row["category"] for row in csv.DictReader(handle)}
+        return names, str(path)
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("no category names (lake empty or unreachable, %s unreadable: %s)", path, exc)
+        return {}, "none"
+
+
+# ------------------------------------------------------------------------- registry
+
+
+def configure_mlflow_client(settings: Settings) -> None:
+    """Fail fast instead of MLflow's minutes of retries; S3 credentials for s3:// artifacts."""
+    from rakuten_mlops.localstack.services import s3_client_env
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    for key, value in s3_client_env(settings).items():
+        os.environ.setdefault(key, value)
+
+
+def registry_reachable(settings: Settings) -> str | None:
+    """None when MLflow answers its health check, else why not."""
+    url = f"{settings.tracking_uri.rstrip('/')}/health"
+    try:
+        response = httpx.get(url, timeout=REGISTRY_PROBE_TIMEOUT)
+    except httpx.HTTPError as exc:
+        return f"MLflow at {settings.tracking_uri} is unreachable ({type(exc).__name__})"
+    if response.status_code != 200:
+        return f"MLflow at {settings.tracking_uri} answered {response.status_code} on /health"
+    return None
+
+
+def champion_version(settings: Settings):
+    """The registry's ModelVersion under MODEL_NAME@MODEL_ALIAS (RegistryUnavailable if none)."""
+    if reason := registry_reachable(settings):
+        raise RegistryUnavailable(reason)
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        return client.get_model_version_by_alias(settings.model_name, settings.model_alias)
+    except MlflowException as exc:
+        raise RegistryUnavailable(
+            f"no version of {settings.model_name}@{settings.model_alias} in the registry "
+            f"({exc.error_code})"
+        ) from exc
+
+
+def load_registry_version(settings: Settings, version) -> LoadedModel:
+    """Download and load one registered version, with its run's metrics and data."""
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    uri = settings.tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with tempfile.TemporaryDirectory(prefix="rakuten-model-") as folder:
+        local = download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}",
+            dst_path=folder,
+            tracking_uri=uri,
+            registry_uri=uri,
+        )
+        estimator = mlflow.sklearn.load_model(local)
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    training: dict[str, Any] = {"version_tags": dict(version.tags or {})}
+    if version.run_id:
+        run = client.get_run(version.run_id)
+        metrics = {key: float(value) for key, value in run.data.metrics.items()}
+        params = dict(run.data.params)
+        training["run_tags"] = {
+            key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.")
+        }
+        training["datasets"] = [
+            {
+                "name": item.dataset.name,
+                "digest": item.dataset.digest,
+                "source_type": item.dataset.source_type,
+                "source": item.dataset.source,
+                "context": {tag.key: tag.value for tag in item.tags},
+            }
+            for item in (run.inputs.dataset_inputs if run.inputs else [])
+        ]
+    return LoadedModel(
+        name=version.name,
+        version=str(version.version),
+        alias=settings.model_alias,
+        source="registry",
+        estimator=estimator,
+        run_id=version.run_id,
+        metrics=metrics,
+        params=params,
+        training_data=training,
+        identity=("registry", version.name, str(version.version)),
+        temperature=_temperature(dict(version.tags or {}), training.get("run_tags", {}), params),
+    )
+
+
+# ------------------------------------------------------------------------- export
+
+
+def find_export(settings: Settings) -> tuple[Path, dict[str, Any]]:
+    """(model path, metadata) of the exported champion in models/ (ModelLoadError if none)."""
+    folder = settings.path(settings.models_dir)
+    if not folder.is_dir():
+        raise ModelLoadError(f"no exported model: {folder} does not exist")
+    named = folder / f"{settings.model_name}.json"
+    candidates = [named] if named.is_file() else sorted(folder.glob("*.json"))
+    metadata: dict[str, Any] = {}
+    if len(candidates) == 1:
+        metadata = json.loads(candidates[0].read_text())
+        if not isinstance(metadata, dict):
+            raise ModelLoadError(f"{candidates[0]} is not a JSON object")
+    declared = metadata.get("model_path") or metadata.get("path")
+    if declared:
+        path = Path(declared) if Path(declared).is_absolute() else folder / declared
+        if not path.exists():
+            raise ModelLoadError(f"{candidates[0]} names {path}, which does not exist")
+        return path, metadata
+    found = [p.parent for p in sorted(folder.glob("*/MLmodel"))] + [
+        p for p in sorted(folder.iterdir()) if p.suffix in MODEL_FILE_SUFFIXES
+    ]
+    if len(found) != 1:
+        raise ModelLoadError(
+            f"no exported model in {folder}: expected one MLflow model folder or "
+            f"{'/'.join(MODEL_FILE_SUFFIXES)} file, found {len(found)}"
+        )
+    return found[0], metadata
+
+
+def _file_state(path: Path) -> tuple:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+
+
+def export_identity(settings: Settings) -> tuple:
+    path, metadata = find_export(settings)
+    return ("export", json.dumps(metadata, sort_keys=True, default=str), _file_state(path))
+
+
+def load_export(settings: Settings, fallback_reason: str | None) -> LoadedModel:
+    path, metadata = find_export(settings)
+    identity = ("export", json.dumps(metadata, sort_keys=True, default=str), _file_state(path))
+    if path.is_dir():
+        import mlflow.sklearn
+
+        estimator = mlflow.sklearn.load_model(str(path))
+    else:
+        import joblib
+
+        estimator = joblib.load(path)
+    return LoadedModel(
+        name=str(metadata.get("name") or metadata.get("model_name") or settings.model_name),
+        version=str(metadata.get("version") or metadata.get("model_version") or "export"),
+        alias=settings.model_alias,
+        source="export",
+        estimator=estimator,
+        run_id=metadata.get("run_id"),
+        metrics={
+            key: float(value)
+            for key, value in (metadata.get("metrics") or {}).items()
+            if isinstance(value, int | float)
+        },
+        params={key: str(value) for key, value in (metadata.get("params") or {}).items()},
+        training_data={
+            "export": str(path),
+            **{
+                key: metadata[key]
+                for key in ("training_data", "trained_on", "data", "dataset", "exported_at")
+                if key in metadata
+            },
+        },
+        fallback_reason=fallback_reason,
+        identity=identity,
+        temperature=_temperature(metadata, metadata.get("params") or {}),
+    )
+
+
+# ------------------------------------------------------------------------- lifecycle
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    changed: bool
+    previous: LoadedModel | None
+    current: LoadedModel | None
+    detail: str | None
+    failed: bool = False
+
+
+class ModelManager:
+    """Holds the served model and replaces it when the champion changes.
+
+    Readers take `manager.current` once per request; `refresh()` (admin reload, periodic
+    alias check) builds and warms the new model fully before one assignment swaps it in.
+    Refreshes are serialised by a lock; readers never wait for it.
+    """
+
+    def __init__(self, settings: Settings, on_swap=None):
+        self.settings = settings
+        self.current: LoadedModel | None = None
+        self.detail: str | None = "loading: the first model load has not finished"
+        self._lock = threading.Lock()
+        self._on_swap = on_swap
+        self._categories: tuple[dict[int, str], str] | None = None
+
+    def refresh(self, force: bool = False) -> RefreshResult:
+        """Serve the champion: the registry's if reachable, else the export (at start-up).
+
+        With MLflow unreachable, a model from the registry stays in service; the export
+        is only used when there is nothing better. `force` reloads even an unchanged one.
+        """
+        with self._lock:
+            previous = self.current
+            try:
+                candidate, reason = self._next_model(previous, force)
+            except Exception as exc:  # noqa: BLE001 - a failed refresh keeps what serves
+                detail = str(exc)
+                if not isinstance(exc, ModelLoadError):
+                    detail = f"{type(exc).__name__}: {exc}"
+                self.detail = (
+                    detail if previous is None else f"refresh failed, kept the model: {detail}"
+                )
+                log.error("model refresh failed: %s", detail)
+                return RefreshResult(False, previous, previous, detail, failed=True)
+            if candidate is None:
+                self.detail = reason if reason else (previous.fallback_reason if previous else None)
+                return RefreshResult(False, previous, previous, reason)
+            names, origin = self._category_names(reload=force or previous is None)
+            candidate = replace(candidate, categories=names)
+            self.current = candidate  # the swap: one reference assignment
+            self.detail = candidate.fallback_reason
+            log.info(
+                "serving %s v%s from the %s (categories from %s)%s",
+                candidate.name,
+                candidate.version,
+                candidate.source,
+                origin,
+                f"; fallback: {candidate.fallback_reason}" if candidate.fallback_reason else "",
+            )
+            if self._on_swap:
+                self._on_swap(previous, candidate)
+            return RefreshResult(True, previous, candidate, candidate.fallback_reason)
+
+    def _next_model(
+        self, previous: LoadedModel | None, force: bool
+    ) -> tuple[LoadedModel | None, str | None]:
+        """(the model to swap in, or None to keep the current one; why)."""
+        settings = self.settings
+        try:
+            version = champion_version(settings)
+        except RegistryUnavailable as exc:
+            registry_problem = str(exc)
+        else:
+            identity = ("registry", version.name, str(version.version))
+            if previous is not None and previous.identity == identity and not force:
+                return None, None
+            try:
+                return load_registry_version(settings, version).prepare(), None
+            except Exception as exc:  # noqa: BLE001 - a broken version must not kill the API
+                registry_problem = (
+                    f"{version.name} v{version.version} from the registry could not be "
+                    f"loaded: {type(exc).__name__}: {exc}"
+                )
+        # The registry cannot give us the champion.
+        if previous is not None and previous.source == "registry":
+            log.warning("keeping %s v%s: %s", previous.name, previous.version, registry_problem)
+            return None, f"keeping the loaded model: {registry_problem}"
+        try:
+            if (
+                previous is not None
+                and not force
+                and previous.identity == export_identity(settings)
+            ):
+                return None, previous.fallback_reason
+            return load_export(settings, fallback_reason=registry_problem).prepare(), None
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{registry_problem}; and {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a corrupt export must not kill the API
+            raise ModelLoadError(
+                f"{registry_problem}; and the export could not be loaded: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _category_names(self, reload: bool) -> tuple[dict[int, str], str]:
+        if reload or self._categories is None or not self._categories[0]:
+            self._categories = load_category_names(self.settings)
+        return self._categories

@@ -1,0 +1,48 @@
+"""How the API is deployed: the local-mode service and scrape job, the compose service
+and its Prometheus job (files only: no Docker engine here)."""
+
+from __future__ import annotations
+
+import yaml
+from serving_support import ROOT
+
+from rakuten_mlops.localstack.services import local_services, prometheus_config
+
+
+def test_local_mode_runs_the_api_on_loopback(settings):
+    services = {service.name: service for service in local_services(settings)}
+    api = services["api"]
+    assert api.command[-2:] == ["rakuten_mlops", "serve"]
+    assert api.ports == (settings.api_port,)
+    assert api.url.startswith(f"http://127.0.0.1:{settings.api_port}")
+    assert {"postgres", "mlflow"} <= set(api.after)
+    assert api.env["MLFLOW_TRACKING_URI"] == settings.tracking_uri
+    jobs = {job["job_name"]: job for job in prometheus_config(settings)["scrape_configs"]}
+    assert jobs["api"]["static_configs"][0]["targets"] == [f"127.0.0.1:{settings.api_port}"]
+
+
+def test_compose_runs_the_api_and_prometheus_scrapes_it():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    assert api["build"]["target"] == "ml" and api["command"][0] == "serve"
+    assert api["ports"] == ["${BIND_HOST:-127.0.0.1}:${API_PORT:-8000}:8000"]
+    assert api["environment"]["API_CLIENT_KEY"] == "${API_CLIENT_KEY}"
+    assert api["environment"]["API_ADMIN_KEY"] == "${API_ADMIN_KEY}"
+    assert api["environment"]["RAKUTEN_MODE"] == "compose"
+    assert api["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "/health" in " ".join(api["healthcheck"]["test"])
+    assert "./models:/app/models:ro" in api["volumes"]
+    prometheus = yaml.safe_load((ROOT / "config/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["api"]["static_configs"][0]["targets"] == ["api:8000"]
+
+
+def test_env_example_declares_the_api_settings():
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert values["API_CLIENT_KEY"] == values["API_ADMIN_KEY"] == "change-me"
+    for name in ("API_PORT", "MODEL_NAME", "MODEL_ALIAS", "API_MAX_BATCH_SIZE"):
+        assert values[name]

@@ -33,7 +33,10 @@ status: setup
 
 demo: setup
 	$(CLI) stack up
-	$(CLI) demo-predict  # last: the API classifies a few real products
+	$(CLI) airflow dags test prepare_data > .stack/logs/demo-prepare_data.log 2>&1 \
+		|| { tail -40 .stack/logs/demo-prepare_data.log; exit 1; }
+	@echo "prepare_data succeeded (task log: .stack/logs/demo-prepare_data.log); the lake now holds:"
+	$(CLI) lake-summary
 
 test: setup
 	$(PY) -m pytest

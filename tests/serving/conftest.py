@@ -13,7 +13,7 @@ import warnings
 
 import pandas as pd
 import pytest
-from serving_support import SHARED_DATA, ApiServer, project_pipeline
+from serving_support import SAMPLE_DATA, ApiServer, project_pipeline
 
 pytestmark = pytest.mark.stack
 
@@ -22,12 +22,10 @@ HOLDOUT_FRACTION = 0.2
 
 @pytest.fixture(scope="session")
 def sample():
-    """The real products (X, y) and their category names."""
-    if not (SHARED_DATA / "X_train_sample.csv").is_file():
-        pytest.skip(f"the shared product sample is missing ({SHARED_DATA})")
-    x = pd.read_csv(SHARED_DATA / "X_train_sample.csv", index_col=0)
-    y = pd.read_csv(SHARED_DATA / "Y_train_sample.csv", index_col=0)["prdtypecode"]
-    names = pd.read_csv(SHARED_DATA / "category_names.csv")
+    """The real products (X, y) shipped in raw_data/, and their category names."""
+    x = pd.read_csv(SAMPLE_DATA / "X_train_update.csv", index_col=0)
+    y = pd.read_csv(SAMPLE_DATA / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"]
+    names = pd.read_csv(SAMPLE_DATA / "category_names.csv")
     return x, y, dict(zip(names.prdtypecode, names.category, strict=True))
 
 

@@ -16,7 +16,7 @@ import httpx
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data" / "rakuten"
+SAMPLE_DATA = ROOT / "raw_data"  # the real sample shipped with the project
 
 CLIENT_KEY = "test-client-key-0123456789"
 ADMIN_KEY = "test-admin-key-0123456789"
@@ -67,7 +67,7 @@ class ApiServer:
             **os.environ,
             "API_CLIENT_KEY": CLIENT_KEY,
             "API_ADMIN_KEY": ADMIN_KEY,
-            "RAW_DATA_DIR": str(SHARED_DATA),  # category_names.csv when the lake has none
+            "RAW_DATA_DIR": str(SAMPLE_DATA),  # category_names.csv when the lake has none
             **env,
         }
         self.process: subprocess.Popen | None = None

@@ -1,0 +1,160 @@
+"""One scikit-learn `Pipeline` per model family: cleaning -> TF-IDF -> [reduction] -> estimator.
+
+Everything a prediction needs lives in the pipeline, so the artifact that is searched,
+logged, registered and served is the same object, and serving can never apply other
+features than training did.
+
+    raw frame (designation, description)
+      -> clean      TextCleaner (HTML, Unicode, lower case, FR/DE/EN stopwords)
+      -> tfidf      word n-grams + character n-grams, each TF-IDF, stacked
+      -> select     (tree families only) chi2 SelectKBest: a few thousand columns, not 10^5
+      -> clf        LinearSVC | LogisticRegression | RandomForest | XGBoost
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_selection import SelectKBest, chi2
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.validation import check_is_fitted
+
+from rakuten_mlops.text import TextCleaner
+
+FAMILIES = ("linear_svc", "logreg", "random_forest", "xgboost")
+TREE_FAMILIES = frozenset({"random_forest", "xgboost"})
+
+# Feature settings every family starts from; a profile may override any of them.
+DEFAULT_FEATURES: dict[str, Any] = {
+    "word": {"ngram_range": (1, 2), "min_df": 1, "sublinear_tf": True},
+    "char": {"analyzer": "char", "ngram_range": (1, 5), "min_df": 2, "sublinear_tf": True},
+}
+
+
+class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
+    """Fits `estimator` on 0..k-1 and predicts the original labels.
+
+    XGBoost only accepts labels 0..k-1 present in the data; wrapping it keeps the whole
+    pipeline predicting product type codes, and lets successive halving fit it on
+    subsamples where a rare class is absent.
+    """
+
+    def __init__(self, estimator=None):
+        self.estimator = estimator
+
+    def fit(self, X, y, **fit_params):  # noqa: N803 - scikit-learn's naming
+        self.encoder_ = LabelEncoder().fit(y)
+        self.classes_ = self.encoder_.classes_
+        self.estimator_ = clone(self.estimator).fit(X, self.encoder_.transform(y), **fit_params)
+        return self
+
+    def predict(self, X):  # noqa: N803
+        check_is_fitted(self, "estimator_")
+        return self.encoder_.inverse_transform(np.asarray(self.estimator_.predict(X), dtype=int))
+
+    def predict_proba(self, X):  # noqa: N803
+        check_is_fitted(self, "estimator_")
+        return self.estimator_.predict_proba(X)
+
+
+def make_estimator(family: str, random_state: int = 42, n_jobs: int = 1):
+    """The family's estimator with the project's fixed defaults (grids override the rest)."""
+    if family == "linear_svc":
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(random_state=random_state)
+    if family == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=300, random_state=random_state)
+    if family == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_jobs=n_jobs, random_state=random_state)
+    if family == "xgboost":
+        from xgboost import XGBClassifier
+
+        xgb = XGBClassifier(
+            tree_method="hist", n_jobs=n_jobs, random_state=random_state, verbosity=0
+        )
+        return LabelEncodedClassifier(xgb)
+    raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def make_features(settings: dict[str, Any] | None = None) -> ColumnTransformer:
+    """Word TF-IDF on the cleaned words, character TF-IDF on the normalised text, stacked.
+
+    A part set to None is left out.
+    """
+    merged = merge_features(DEFAULT_FEATURES, settings or {})
+    parts = []
+    for name, params in merged.items():
+        if params is None:
+            continue
+        params = {
+            key: tuple(value) if key == "ngram_range" else value for key, value in params.items()
+        }
+        column = "words" if params.get("analyzer", "word") == "word" else "chars"
+        parts.append((name, TfidfVectorizer(dtype=np.float32, **params), column))
+    if not parts:
+        raise ValueError("no TF-IDF part left: at least one of word/char must be configured")
+    return ColumnTransformer(parts, sparse_threshold=1.0)
+
+
+def merge_features(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = deepcopy(base)
+    for name, params in override.items():
+        if params is None:
+            merged[name] = None
+        else:
+            merged[name] = {**(merged.get(name) or {}), **params}
+    return merged
+
+
+def estimator_prefix(family: str) -> str:
+    """Where a family's estimator parameters live inside the pipeline."""
+    return "clf__estimator__" if family == "xgboost" else "clf__"
+
+
+def pipeline_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Short grid keys (`C`, `max_depth`) -> pipeline paths; keys with `__` stay as they are."""
+    prefix = estimator_prefix(family)
+    return {key if "__" in key else prefix + key: value for key, value in params.items()}
+
+
+def build_pipeline(
+    family: str,
+    params: dict[str, Any] | None = None,
+    features: dict[str, Any] | None = None,
+    *,
+    select_k: int | None = None,
+    random_state: int = 42,
+    n_jobs: int = 1,
+    memory=None,
+    nltk_data_dir: str | None = None,
+) -> Pipeline:
+    """The complete, unfitted model of one family.
+
+    `params` are set on the pipeline (short estimator keys or full paths); `features`
+    overrides the TF-IDF settings; tree families get a chi2 selection of `select_k`
+    columns (default 20,000) in front of the estimator.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    steps: list[tuple[str, Any]] = [
+        ("clean", TextCleaner(nltk_data_dir=nltk_data_dir)),
+        ("tfidf", make_features(features)),
+    ]
+    if family in TREE_FAMILIES:
+        steps.append(("select", SelectKBest(chi2, k=select_k or 20_000)))
+    steps.append(("clf", make_estimator(family, random_state=random_state, n_jobs=n_jobs)))
+    pipeline = Pipeline(steps, memory=memory)
+    if params:
+        pipeline.set_params(**pipeline_params(family, params))
+    return pipeline

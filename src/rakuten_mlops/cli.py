@@ -91,6 +91,7 @@ def _print_status(supervisor) -> bool:
         f"  Airflow UI  user {settings.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD\n"
         f"  PostgreSQL  user {settings.postgres_user}, password POSTGRES_PASSWORD\n"
         f"  S3          access key S3_ACCESS_KEY, secret S3_SECRET_KEY\n"
+        f"  API         header X-API-Key: API_CLIENT_KEY (predict) or API_ADMIN_KEY (admin)\n"
         f"logs: {supervisor.log_dir}"
     )
     return all(status.state == "healthy" for status in statuses)

@@ -35,6 +35,8 @@ DEFAULT_FEATURES: dict[str, Any] = {
     "word": {"ngram_range": (1, 2), "min_df": 1, "sublinear_tf": True},
     "char": {"analyzer": "char", "ngram_range": (1, 5), "min_df": 2, "sublinear_tf": True},
 }
+# Parts a profile can add, e.g. `title: {analyzer: char_wb, ngram_range: [2, 5]}`: each
+# names the cleaner's column it reads (`words`, `chars` or `title`) with `column:`.
 
 
 class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
@@ -100,7 +102,9 @@ def make_features(settings: dict[str, Any] | None = None) -> ColumnTransformer:
         params = {
             key: tuple(value) if key == "ngram_range" else value for key, value in params.items()
         }
-        column = "words" if params.get("analyzer", "word") == "word" else "chars"
+        column = params.pop("column", None) or (
+            "words" if params.get("analyzer", "word") == "word" else "chars"
+        )
         parts.append((name, TfidfVectorizer(dtype=np.float32, **params), column))
     if not parts:
         raise ValueError("no TF-IDF part left: at least one of word/char must be configured")

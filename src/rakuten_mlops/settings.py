@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # The registered model trained and served, and the alias of the one in production.
     model_name: str = "rakuten-prdtypecode"
     model_alias: str = "champion"
+    # Training (rakuten_mlops.train): the MLflow experiment runs log to, and the default
+    # search profile (config/training/<name>.yaml) of `train` and the ml_pipeline DAGs.
+    mlflow_experiment: str = "rakuten-prdtypecode"
+    training_profile: str = "quick"
 
     # Prediction API (rakuten_mlops.serving). The keys are optional here so that other
     # processes need not carry them; the API refuses to start without both.

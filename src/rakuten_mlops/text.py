@@ -103,7 +103,8 @@ class TextCleaner(TransformerMixin, BaseEstimator):
 
     - `words`: word tokens without FR/DE/EN stopwords, for word n-grams;
     - `chars`: the same normalised text with punctuation and stopwords, for character
-      n-grams (they score better on it: "l'art", "n°", "3/4" carry signal).
+      n-grams (they score better on it: "l'art", "n°", "3/4" carry signal);
+    - `title`: the normalised designation alone, so a long description cannot drown it.
 
     Fitting reads the stopword lists once (from `nltk_data_dir`, or the settings' folder)
     and keeps them, normalised like the text, in `stopwords_`.
@@ -135,17 +136,19 @@ class TextCleaner(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> pd.DataFrame:  # noqa: N803
         stop, strip = self.stopwords_, self.strip_accents
-        texts = combine(as_frame(X))
+        frame = as_frame(X)
+        texts = combine(frame)
         return pd.DataFrame(
             {
                 "words": [clean_text(text, stop, strip) for text in texts],
                 "chars": [normalised_text(text, strip) for text in texts],
+                "title": [normalised_text(text, strip) for text in frame["designation"]],
             },
             dtype=object,
         )
 
     def get_feature_names_out(self, input_features=None):
-        return np.array(["words", "chars"], dtype=object)
+        return np.array(["words", "chars", "title"], dtype=object)
 
 
 def as_frame(X) -> pd.DataFrame:  # noqa: N803

@@ -1,0 +1,169 @@
+"""Scoring a fitted pipeline once on the held-out test split, and the reference to beat.
+
+Pure functions: a fitted pipeline and a frame in, numbers and a figure out. The test
+rows are never used to choose anything; `baseline_pipeline` is the plain word+char
+TF-IDF + LinearSVC every model must clearly beat on the same split.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from rakuten_mlops.train import split_xy
+
+
+@dataclass
+class Evaluation:
+    f1_weighted: float
+    accuracy: float
+    f1_macro: float
+    n_test: int
+    labels: list[int]
+    report: dict[str, Any] = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
+    predict_seconds: float = 0.0
+
+    def metrics(self, prefix: str = "test_") -> dict[str, float]:
+        return {
+            f"{prefix}f1_weighted": self.f1_weighted,
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}f1_macro": self.f1_macro,
+            f"{prefix}rows": float(self.n_test),
+        }
+
+    def report_frame(self, names: dict[int, str] | None = None) -> pd.DataFrame:
+        """Per-class precision, recall, F1 and support, with category names."""
+        rows = []
+        for label in self.labels:
+            entry = self.report[str(label)]
+            rows.append({
+                "prdtypecode": label,
+                "category": (names or {}).get(label, ""),
+                "precision": entry["precision"],
+                "recall": entry["recall"],
+                "f1": entry["f1-score"],
+                "support": int(entry["support"]),
+            })
+        return pd.DataFrame(rows)
+
+
+def evaluate(pipeline, frame: pd.DataFrame, subset: str = "test") -> Evaluation:
+    rows = frame[frame["subset"] == subset]
+    if rows.empty:
+        raise ValueError(f"no {subset} rows to evaluate on")
+    X, y = split_xy(rows)  # noqa: N806 - scikit-learn's naming
+    started = time.perf_counter()
+    predicted = np.asarray(pipeline.predict(X))
+    seconds = time.perf_counter() - started
+    labels = sorted(set(y.tolist()) | set(predicted.tolist()))
+    return Evaluation(
+        f1_weighted=float(f1_score(y, predicted, average="weighted")),
+        accuracy=float(accuracy_score(y, predicted)),
+        f1_macro=float(f1_score(y, predicted, average="macro")),
+        n_test=len(rows),
+        labels=labels,
+        report=classification_report(
+            y, predicted, labels=labels, output_dict=True, zero_division=0
+        ),
+        confusion=confusion_matrix(y, predicted, labels=labels),
+        predict_seconds=seconds,
+    )
+
+
+def confusion_figure(evaluation: Evaluation, names: dict[int, str] | None = None, title: str = ""):
+    """The row-normalised confusion matrix (recall per true class), counts annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = evaluation.confusion
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros_like(counts, dtype=float), where=totals > 0)
+    size = max(6.0, 0.38 * len(evaluation.labels) + 2)
+    figure, axes = plt.subplots(figsize=(size + 2, size))
+    image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ticks = [
+        f"{label} {names[label][:22]}" if names and label in names else str(label)
+        for label in evaluation.labels
+    ]
+    axes.set_xticks(range(len(ticks)), [str(label) for label in evaluation.labels], rotation=90)
+    axes.set_yticks(range(len(ticks)), ticks)
+    for (row, column), count in np.ndenumerate(counts):
+        if count:
+            colour = "white" if share[row, column] > 0.5 else "black"
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=6, color=colour)
+    axes.set_xlabel("predicted prdtypecode")
+    axes.set_ylabel("true prdtypecode")
+    axes.set_title(
+        title or f"test split: weighted F1 {evaluation.f1_weighted:.3f}, "
+        f"accuracy {evaluation.accuracy:.3f}, n={evaluation.n_test}"
+    )
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
+    figure.tight_layout()
+    return figure
+
+
+def baseline_pipeline():
+    """The reference: plain word + char TF-IDF and a default LinearSVC on raw text."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.svm import LinearSVC
+
+    return Pipeline([
+        ("text", FunctionTransformer(_raw_text)),
+        ("tfidf", FeatureUnion([
+            ("word", TfidfVectorizer()),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))),
+        ])),
+        ("clf", LinearSVC()),
+    ])
+
+
+def _raw_text(frame: pd.DataFrame) -> np.ndarray:
+    from rakuten_mlops.text import combine
+
+    return combine(frame).to_numpy(dtype=object)
+
+
+def baseline_score(frame: pd.DataFrame, train_subsets: list[str], subset: str = "test") -> float:
+    """Test weighted F1 of `baseline_pipeline` trained on the same training rows."""
+    X, y = split_xy(frame[frame["subset"].isin(train_subsets)])  # noqa: N806
+    pipeline = baseline_pipeline().fit(X, y)
+    return evaluate(pipeline, frame, subset).f1_weighted
+
+
+def run_evaluate(settings, run_id: str, baseline: bool | None = None, report=print) -> dict[str, float]:
+    """Stage `evaluate`: the run's logged model, scored once on its dataset's test split.
+
+    Loads the model back from MLflow (so what is scored is what was logged), and, unless
+    the run's profile says `baseline: false`, trains the plain baseline on the same rows
+    for comparison.
+    """
+    import yaml
+
+    from rakuten_mlops import registry
+    from rakuten_mlops.preprocess import load_dataset
+
+    mlflow_client = registry.client(settings)
+    run = mlflow_client.get_run(run_id)
+    dataset = load_dataset(settings, run.data.tags["dataset_id"])
+    pipeline = registry.load_run_model(settings, run_id)
+    evaluation = evaluate(pipeline, dataset.frame)
+    report(f"test: weighted F1 {evaluation.f1_weighted:.4f}, accuracy {evaluation.accuracy:.4f} "
+           f"on {evaluation.n_test} products")
+    import mlflow.artifacts
+
+    profile = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/profile.yaml"))
+    baseline_f1 = None
+    if baseline if baseline is not None else profile.get("baseline", True):
+        baseline_f1 = baseline_score(dataset.frame, profile["train_subsets"])
+        report(f"baseline (word+char TF-IDF + LinearSVC): test weighted F1 {baseline_f1:.4f}")
+    return registry.log_evaluation(settings, run_id, evaluation, dataset.categories, baseline_f1)

@@ -1,0 +1,395 @@
+"""Model search: one cross-validated search per model family, the best refit once.
+
+A *profile* (`config/training/<name>.yaml`) says which families to search, over which
+grids, with how many stratified folds, and which of them use successive halving. Every
+family is scored with weighted F1 (the challenge's metric) on the same folds of the
+training rows, so their cross-validated scores compare. No test row is ever seen here.
+
+Pure functions of a frame with columns productid, designation, description, prdtypecode,
+subset: no database, no MLflow (those are `data.py` and `registry.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.pipeline import Pipeline
+
+from rakuten_mlops.features import FAMILIES, build_pipeline
+
+SCORING = "f1_weighted"
+INPUT_COLUMNS = ["designation", "description"]
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def profile_dir() -> Path:
+    from rakuten_mlops.settings import project_root
+
+    return project_root() / "config" / "training"
+
+
+def load_profile(profile: str | Path | dict) -> dict[str, Any]:
+    """A profile by name (`quick`, `full`), by path to a YAML file, or as a dict."""
+    if isinstance(profile, dict):
+        data = dict(profile)
+    else:
+        path = Path(profile)
+        if path.suffix not in (".yaml", ".yml"):
+            path = profile_dir() / f"{profile}.yaml"
+        if not path.is_file():
+            known = ", ".join(sorted(p.stem for p in profile_dir().glob("*.yaml")))
+            raise FileNotFoundError(f"training profile {profile!r} not found (known: {known})")
+        data = yaml.safe_load(path.read_text())
+    return validate_profile(data)
+
+
+def validate_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    profile.setdefault("name", "custom")
+    profile.setdefault("cv_folds", 5)
+    profile.setdefault("random_state", 42)
+    profile.setdefault("n_jobs", 2)
+    profile.setdefault("train_subsets", ["train"])
+    profile.setdefault("features", {})
+    families = profile.get("families") or {}
+    if not families:
+        raise ValueError(f"profile {profile['name']!r} has no `families` to search")
+    for family, spec in families.items():
+        if family not in FAMILIES:
+            raise ValueError(f"profile {profile['name']!r}: unknown family {family!r}")
+        spec.setdefault("search", "grid")
+        spec.setdefault("grid", {})
+        if spec["search"] not in ("grid", "halving"):
+            raise ValueError(f"{family}: search must be `grid` or `halving`, not {spec['search']!r}")
+    return profile
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class FamilyResult:
+    family: str
+    search: str  # grid | halving
+    best_params: dict[str, Any]
+    cv_score: float  # mean weighted F1 of the best candidate over the folds
+    cv_std: float
+    n_candidates: int
+    n_fits: int
+    seconds: float
+    peak_rss_mb: float
+    cv_results: pd.DataFrame = field(repr=False)
+    # Successive halving: rows used per iteration (the best is picked in the last one).
+    n_resources: list[int] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("cv_results")
+        return data
+
+
+@dataclass
+class SearchResult:
+    profile: str
+    families: dict[str, FamilyResult]
+    n_train: int
+    cv_folds: int
+    seconds: float
+    peak_rss_mb: float
+
+    @property
+    def best(self) -> FamilyResult:
+        return max(self.families.values(), key=lambda result: result.cv_score)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "best_family": self.best.family,
+            "best_params": self.best.best_params,
+            "best_cv_f1_weighted": self.best.cv_score,
+            "n_train": self.n_train,
+            "cv_folds": self.cv_folds,
+            "seconds": self.seconds,
+            "peak_rss_mb": self.peak_rss_mb,
+            "families": {name: result.summary() for name, result in self.families.items()},
+        }
+
+
+# --------------------------------------------------------------------------- search
+
+
+def split_xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Pipeline input (the raw text columns) and the labels."""
+    X = frame[INPUT_COLUMNS].reset_index(drop=True)  # noqa: N806 - scikit-learn's naming
+    return X, frame["prdtypecode"].to_numpy(dtype=np.int64)
+
+
+def training_rows(frame: pd.DataFrame, profile: dict[str, Any]) -> pd.DataFrame:
+    subsets = profile["train_subsets"]
+    rows = frame[frame["subset"].isin(subsets)]
+    if rows.empty:
+        raise ValueError(f"no rows in subsets {subsets}: is the dataset split?")
+    return rows
+
+
+def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memory: str | None):
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    pipeline = build_pipeline(
+        family,
+        spec.get("fixed"),
+        {**profile["features"], **(spec.get("features") or {})},
+        select_k=spec.get("select_k"),
+        random_state=profile["random_state"],
+        n_jobs=1,  # the search parallelises over candidates x folds
+        memory=memory,
+    )
+    grid = _as_grid(family, spec["grid"])
+    cv = StratifiedKFold(profile["cv_folds"], shuffle=True, random_state=profile["random_state"])
+    common = {
+        "scoring": SCORING,
+        "cv": cv,
+        "n_jobs": profile["n_jobs"],
+        "refit": False,  # only the winning family is refit, once
+        "error_score": "raise",
+        "return_train_score": False,
+    }
+    if spec["search"] == "grid":
+        return GridSearchCV(pipeline, grid, **common)
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+
+    halving = spec.get("halving") or {}
+    return HalvingGridSearchCV(
+        pipeline,
+        grid,
+        factor=halving.get("factor", 3),
+        min_resources=halving.get("min_resources", "exhaust"),
+        aggressive_elimination=halving.get("aggressive_elimination", False),
+        random_state=profile["random_state"],
+        **common,
+    )
+
+
+def _as_grid(family: str, grid: dict[str, list]) -> dict[str, list]:
+    from rakuten_mlops.features import pipeline_params
+
+    if not grid:
+        return {}
+    return {key: [_yaml_value(v) for v in values] for key, values in pipeline_params(family, grid).items()}
+
+
+def _yaml_value(value):
+    # YAML has no tuples: ngram ranges come back as lists.
+    return tuple(value) if isinstance(value, list) else value
+
+
+def search_family(
+    family: str,
+    frame: pd.DataFrame,
+    profile: dict[str, Any],
+    memory: str | None = None,
+) -> FamilyResult:
+    spec = profile["families"][family]
+    X, y = split_xy(frame)  # noqa: N806
+    searcher = make_search(family, spec, profile, memory)
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        searcher.fit(X, y)
+        seconds = time.perf_counter() - started
+    results = pd.DataFrame(searcher.cv_results_)
+    keep = [c for c in results.columns if c.startswith("param_") or c in _RESULT_COLUMNS]
+    results = results[keep].copy()
+    best = searcher.best_index_
+    n_fits = int(len(results) * profile["cv_folds"])
+    fixed = {k: _plain(v) for k, v in (spec.get("fixed") or {}).items()}
+    return FamilyResult(
+        family=family,
+        search=spec["search"],
+        best_params={**fixed, **{k: _plain(v) for k, v in searcher.best_params_.items()}},
+        cv_score=float(results["mean_test_score"][best]),
+        cv_std=float(results["std_test_score"][best]),
+        n_candidates=int(results["params"].map(str).nunique()),
+        n_fits=n_fits,
+        seconds=seconds,
+        peak_rss_mb=peak.mb,
+        cv_results=results,
+        n_resources=[int(n) for n in getattr(searcher, "n_resources_", [])],
+    )
+
+
+_RESULT_COLUMNS = {
+    "params", "mean_test_score", "std_test_score", "rank_test_score",
+    "mean_fit_time", "mean_score_time", "iter", "n_resources",
+}
+
+
+def search(
+    frame: pd.DataFrame,
+    profile: str | Path | dict,
+    families: list[str] | None = None,
+    report=print,
+) -> SearchResult:
+    """Search every family of the profile on the training rows of `frame`.
+
+    The TF-IDF of each fold is computed once and shared by all candidates and families
+    (a joblib cache in a temporary folder, removed afterwards).
+    """
+    profile = load_profile(profile)
+    rows = training_rows(frame, profile)
+    families = families or list(profile["families"])
+    cache = tempfile.mkdtemp(prefix="rakuten-search-")
+    results: dict[str, FamilyResult] = {}
+    started = time.perf_counter()
+    try:
+        with PeakMemory() as peak:
+            for family in families:
+                report(f"searching {family} ({profile['families'][family]['search']}) "
+                       f"on {len(rows)} rows, {profile['cv_folds']} folds")
+                results[family] = search_family(family, rows, profile, memory=cache)
+                result = results[family]
+                report(f"  {family}: cv f1_weighted {result.cv_score:.4f} "
+                       f"± {result.cv_std:.4f} in {result.seconds:.0f}s with {result.best_params}")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    return SearchResult(
+        profile=profile["name"],
+        families=results,
+        n_train=len(rows),
+        cv_folds=profile["cv_folds"],
+        seconds=time.perf_counter() - started,
+        peak_rss_mb=peak.mb,
+    )
+
+
+def refit(frame: pd.DataFrame, result: FamilyResult, profile: str | Path | dict) -> Pipeline:
+    """The winning family's pipeline with its best parameters, fitted on all training rows."""
+    profile = load_profile(profile)
+    spec = profile["families"][result.family]
+    pipeline = build_pipeline(
+        result.family,
+        result.best_params,
+        {**profile["features"], **(spec.get("features") or {})},
+        select_k=spec.get("select_k"),
+        random_state=profile["random_state"],
+        n_jobs=profile["n_jobs"],
+    )
+    X, y = split_xy(training_rows(frame, profile))  # noqa: N806
+    return pipeline.fit(X, y)
+
+
+def _plain(value):
+    """numpy scalars / tuples -> plain JSON-able values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------- resources
+
+
+class PeakMemory:
+    """Peak resident memory of this process and its children (the search's workers)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval = interval
+        self.mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            try:
+                total = me.memory_info().rss
+                for child in me.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.mb = max(self.mb, total / 2**20)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def score_temperature(pipeline: Pipeline, frame: pd.DataFrame, subset: str) -> float | None:
+    """For a model without predict_proba (LinearSVC): the softmax temperature of its
+    decision function, fitted on `subset` rows it was not trained on (serving turns
+    decision values into probabilities with it). None for models with probabilities."""
+    if hasattr(pipeline, "predict_proba") or subset not in set(frame["subset"]):
+        return None
+    from rakuten_mlops.serving.model import fit_temperature
+
+    X, y = split_xy(frame[frame["subset"] == subset])  # noqa: N806
+    return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
+
+
+def run_train(
+    settings,
+    dataset_id: str,
+    profile: str | Path | dict | None = None,
+    families: list[str] | None = None,
+    model_name: str | None = None,
+    experiment: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+    report=print,
+) -> str:
+    """Stage `train`: search + refit on dataset `dataset_id`, all logged to MLflow; the run id."""
+    from rakuten_mlops import registry
+    from rakuten_mlops.preprocess import load_dataset
+
+    registry.configure(settings)  # fail before a long search if MLflow is misconfigured
+    profile = load_profile(profile or settings.training_profile)
+    dataset = load_dataset(settings, dataset_id)
+    report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
+    result = search(dataset.frame, profile, families, report=report)
+    best = result.best
+    report(f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
+           f"{result.n_train} rows")
+    started = time.perf_counter()
+    pipeline = refit(dataset.frame, best, profile)
+    refit_seconds = time.perf_counter() - started
+    temperature = score_temperature(pipeline, dataset.frame, profile.get("calibration_subset", "validation"))
+    run_id = registry.log_training(
+        settings,
+        dataset=dataset,
+        profile=profile,
+        result=result,
+        pipeline=pipeline,
+        refit_seconds=refit_seconds,
+        temperature=temperature,
+        experiment=experiment,
+        extra_tags=extra_tags,
+    )
+    report(f"mlflow run {run_id}")
+    return run_id

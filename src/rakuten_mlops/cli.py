@@ -203,6 +203,91 @@ def demo_predict_command(
         raise typer.Exit(1) from exc
 
 
+# ML stages (ml_pipeline DAGs): each reads its inputs by reference and prints, as its
+# last line, the reference the next stage needs (DockerOperator pushes that to XCom).
+
+
+@app.command("preprocess")
+def preprocess_command(
+    upload: Annotated[bool, typer.Option(help="Also store the snapshot in S3.")] = True,
+) -> None:
+    """Freeze the lake's labelled products and split as a dataset version; print its id."""
+    from rakuten_mlops.preprocess import prepare_dataset
+
+    try:
+        dataset = prepare_dataset(get_settings(), upload=upload)
+    except ValueError as exc:
+        typer.secho(f"preprocess: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    manifest = dataset.manifest
+    typer.echo(f"dataset {manifest['dataset_id']}: {manifest['rows']} rows {manifest['subsets']}, "
+               f"batches {manifest['load_batches']}, {manifest.get('s3_uri') or manifest['local_path']}")
+    typer.echo(manifest["dataset_id"])
+
+
+@app.command("train")
+def train_command(
+    dataset_id: Annotated[str, typer.Option(help="Dataset version from `preprocess`.")],
+    profile: Annotated[
+        str | None, typer.Option(help="quick, full, or a YAML path (default: TRAINING_PROFILE).")
+    ] = None,
+    family: Annotated[
+        list[str] | None, typer.Option(help="Search only this family (repeatable).")
+    ] = None,
+) -> None:
+    """Search every family, refit the best, log all to MLflow; print the run id."""
+    from rakuten_mlops.train import run_train
+
+    run_id = run_train(get_settings(), dataset_id, profile, families=family or None,
+                       report=lambda line: typer.echo(line, err=True))
+    typer.echo(run_id)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    run_id: Annotated[str, typer.Option(help="MLflow run id from `train`.")],
+    baseline: Annotated[
+        bool | None, typer.Option(help="Also score the plain TF-IDF + LinearSVC baseline.")
+    ] = None,
+) -> None:
+    """Score the run's logged model once on the test split; log and print the metrics."""
+    import json
+
+    from rakuten_mlops.evaluate import run_evaluate
+
+    metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
+                           report=lambda line: typer.echo(line, err=True))
+    typer.echo(json.dumps(metrics, sort_keys=True))
+
+
+@app.command("promote")
+def promote_command(
+    run_id: Annotated[str, typer.Option(help="MLflow run id, evaluated.")],
+    export: Annotated[bool, typer.Option(help="Export a new champion to models/.")] = True,
+) -> None:
+    """Register the run's model; alias champion only if it beats the champion, else challenger."""
+    import json
+
+    from rakuten_mlops.registry import promote
+
+    result = promote(get_settings(), run_id, export=export)
+    typer.echo(result.reason, err=True)
+    typer.echo(json.dumps(result.as_dict(), sort_keys=True))
+
+
+@app.command("export-model")
+def export_model_command() -> None:
+    """Write the registry's champion to models/ (joblib + metadata JSON)."""
+    from rakuten_mlops.registry import export_champion
+
+    try:
+        path = export_champion(get_settings())
+    except ValueError as exc:
+        typer.secho(f"export-model: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="rakuten-mlops")
 

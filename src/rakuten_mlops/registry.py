@@ -123,8 +123,9 @@ def log_training(
         "stage": "trained",
         **(extra_tags or {}),
     }
+    experiment_ref = experiment_id(settings, experiment)
     with mlflow.start_run(
-        experiment_id=experiment_id(settings, experiment),
+        experiment_id=experiment_ref,
         run_name=f"{profile['name']}-{manifest['dataset_id'][:8]}-{best.family}",
         tags=tags,
     ) as run:
@@ -163,7 +164,9 @@ def log_training(
             **{f"search_seconds.{name}": r.seconds for name, r in result.families.items()},
         })
         for name, family in result.families.items():
-            with mlflow.start_run(run_name=f"{name}", nested=True, tags={"family": name}):
+            with mlflow.start_run(
+                experiment_id=experiment_ref, run_name=name, nested=True, tags={"family": name}
+            ):
                 spec = profile["families"][name]
                 mlflow.log_params({
                     "family": name,

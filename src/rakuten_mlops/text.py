@@ -103,7 +103,9 @@ class TextCleaner(TransformerMixin, BaseEstimator):
 
     - `words`: word tokens without FR/DE/EN stopwords, for word n-grams;
     - `chars`: the same normalised text with punctuation and stopwords, for character
-      n-grams (they score better on it: "l'art", "n°", "3/4" carry signal);
+      n-grams (they score better on it: "l'art", "n°", "3/4" carry signal), cut at
+      `max_chars`: the start of a description says what the product is, and the
+      n-grams of a 10,000-character description would cost more than they tell;
     - `title`: the normalised designation alone, so a long description cannot drown it.
 
     Fitting reads the stopword lists once (from `nltk_data_dir`, or the settings' folder)
@@ -115,10 +117,12 @@ class TextCleaner(TransformerMixin, BaseEstimator):
         languages: tuple[str, ...] = DEFAULT_LANGUAGES,
         strip_accents: bool = True,
         nltk_data_dir: str | None = None,
+        max_chars: int | None = 500,
     ):
         self.languages = languages
         self.strip_accents = strip_accents
         self.nltk_data_dir = nltk_data_dir
+        self.max_chars = max_chars
 
     def fit(self, X, y=None):  # noqa: N803 - scikit-learn's naming
         folder = self.nltk_data_dir
@@ -141,7 +145,7 @@ class TextCleaner(TransformerMixin, BaseEstimator):
         return pd.DataFrame(
             {
                 "words": [clean_text(text, stop, strip) for text in texts],
-                "chars": [normalised_text(text, strip) for text in texts],
+                "chars": [normalised_text(text, strip)[: self.max_chars] for text in texts],
                 "title": [normalised_text(text, strip) for text in frame["designation"]],
             },
             dtype=object,

@@ -214,7 +214,9 @@ def search_family(
     results = results[keep].copy()
     best = searcher.best_index_
     n_fits = int(len(results) * profile["cv_folds"])
-    fixed = {k: _plain(v) for k, v in (spec.get("fixed") or {}).items()}
+    from rakuten_mlops.features import pipeline_params
+
+    fixed = {k: _plain(v) for k, v in pipeline_params(family, spec.get("fixed") or {}).items()}
     return FamilyResult(
         family=family,
         search=spec["search"],

@@ -1,0 +1,99 @@
+"""
+### ml_pipeline: train, evaluate and promote the product-type classifier
+
+Runs the ML stages of `rakuten_mlops` in this Airflow worker, on what `prepare_data`
+loaded into the lake:
+
+1. `preprocess`: the lake's labelled products and their stored train/validation/test
+   split, frozen as a **dataset version** (parquet + manifest, in `processed_data/` and
+   S3). Returns its id: a content hash, so the same lake gives the same id.
+2. `train`: per model family (LinearSVC, LogisticRegression, RandomForest, XGBoost), a
+   cross-validated search on the train split (stratified folds, weighted F1); the best is
+   refit. Everything is logged to MLflow (parameters, CV results per family as nested
+   runs, timings, the dataset version, the pipeline with its label mapping). Returns the
+   MLflow run id.
+3. `evaluate`: the logged model, loaded back from MLflow, scored once on the test split
+   (weighted F1, accuracy, per-class report, confusion matrix), next to the plain
+   TF-IDF + LinearSVC baseline trained on the same rows.
+4. `promote`: the model is registered; alias `champion` moves to it only if its test
+   weighted F1 beats the champion's on the same test split (the first model is
+   promoted), else it becomes `challenger` and the run says why. A new champion is
+   exported to `models/`.
+
+**Params**: `profile`: `quick` (small grids, the demo), `full` (the real search), or a
+path to a profile YAML; empty uses the `TRAINING_PROFILE` setting.
+
+Tasks pass only references through XCom (dataset id, run id). Same code as
+`python -m rakuten_mlops preprocess | train | evaluate | promote`, which is what
+`ml_pipeline_docker` runs in containers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+
+@dag(
+    dag_id="ml_pipeline",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["rakuten", "ml", "training"],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=1),
+    },
+    params={
+        "profile": Param(
+            "",
+            type="string",
+            title="Training profile",
+            description="quick, full, or a profile YAML path; empty: the TRAINING_PROFILE setting.",
+        ),
+    },
+)
+def ml_pipeline():
+    @task
+    def preprocess() -> str:
+        from rakuten_mlops.preprocess import prepare_dataset
+        from rakuten_mlops.settings import get_settings
+
+        dataset = prepare_dataset(get_settings())
+        print(f"dataset {dataset.dataset_id}: {dataset.manifest['subsets']}")
+        return dataset.dataset_id
+
+    @task(execution_timeout=timedelta(hours=3))
+    def train(dataset_id: str, **context) -> str:
+        from rakuten_mlops.settings import get_settings
+        from rakuten_mlops.train import run_train
+
+        profile = context["params"].get("profile") or None
+        return run_train(get_settings(), dataset_id, profile,
+                         extra_tags={"airflow_run_id": context["run_id"]})
+
+    @task
+    def evaluate(run_id: str) -> str:
+        from rakuten_mlops.evaluate import run_evaluate
+        from rakuten_mlops.settings import get_settings
+
+        run_evaluate(get_settings(), run_id)
+        return run_id
+
+    @task
+    def promote(run_id: str) -> dict:
+        from rakuten_mlops.registry import promote as decide
+        from rakuten_mlops.settings import get_settings
+
+        result = decide(get_settings(), run_id)
+        print(f"promotion: {result.alias}: {result.reason}")
+        return result.as_dict()
+
+    promote(evaluate(train(preprocess())))
+
+
+ml_pipeline()

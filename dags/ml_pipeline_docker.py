@@ -1,0 +1,134 @@
+"""
+### ml_pipeline_docker: the ML stages in the ML image, one container per stage
+
+The same four stages as `ml_pipeline` (`preprocess`, `train`, `evaluate`, `promote`),
+each run as `python -m rakuten_mlops <command>` in a container of the ML image
+(`rakuten-mlops-ml`, `ML_IMAGE`) by DockerOperator. Each command prints the reference
+the next stage needs as its last line (dataset id, run id), which DockerOperator pushes
+to XCom; data never goes through XCom. Containers get the platform's settings as
+environment (secrets through `private_environment`) and join the compose network
+(`DOCKER_NETWORK`), so they reach PostgreSQL, MinIO and MLflow by service name.
+
+First task `check_docker_engine`: fails at once, and says why, when no Docker engine
+answers at `DOCKER_HOST` (default `unix:///var/run/docker.sock`), e.g. in local mode,
+where `ml_pipeline` runs the same stages without containers.
+
+**Params**: `profile`, as in `ml_pipeline`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.sdk import Param, dag, task
+
+IMAGE = os.environ.get("ML_IMAGE", "rakuten-mlops-ml:latest")
+DOCKER_URL = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+NETWORK = os.environ.get("DOCKER_NETWORK", "rakuten-mlops_default")
+ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
+
+# Settings the containers need (rakuten_mlops.settings), forwarded from this worker.
+FORWARDED = (
+    "RAKUTEN_MODE", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_DB",
+    "S3_HOST", "S3_PORT", "S3_SECURE", "S3_REGION", "S3_ACCESS_KEY", "S3_BUCKET_ARTIFACTS",
+    "S3_BUCKET_MLFLOW", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+    "MLFLOW_EXPERIMENT", "MODEL_NAME", "MODEL_ALIAS", "TRAINING_PROFILE",
+    "SPLIT_SEED", "SPLIT_VALIDATION_FRACTION", "SPLIT_TEST_FRACTION",
+)
+SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+# The CLI command of each stage, as `ml_pipeline`'s tasks call them in-process.
+PROFILE = "{{ params.profile or '' }}"
+COMMANDS = {
+    "preprocess": ["preprocess"],
+    "train": ["train", "--dataset-id", "{{ ti.xcom_pull(task_ids='preprocess') }}",
+              "--profile", PROFILE],
+    "evaluate": ["evaluate", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
+    "promote": ["promote", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
+}
+
+
+def _environment(names) -> dict[str, str]:
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
+@dag(
+    dag_id="ml_pipeline_docker",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["rakuten", "ml", "training", "docker"],
+    default_args={
+        "owner": "ml-platform",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=1),
+    },
+    params={
+        "profile": Param(
+            "",
+            type="string",
+            title="Training profile",
+            description="quick, full, or a profile YAML path (inside the image); empty: "
+            "the TRAINING_PROFILE setting.",
+        ),
+    },
+)
+def ml_pipeline_docker():
+    @task
+    def check_docker_engine() -> str:
+        """Fail now, clearly and without retrying, when no Docker engine answers."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if DOCKER_URL.startswith("unix://"):
+            socket_path = DOCKER_URL.removeprefix("unix://")
+            if not os.path.exists(socket_path):
+                raise AirflowFailException(
+                    f"no Docker engine: {socket_path} does not exist. ml_pipeline_docker runs "
+                    f"each stage in the {IMAGE} image and needs a Docker engine (compose "
+                    "mode); here, run the same stages with the ml_pipeline DAG."
+                )
+        import docker
+
+        try:
+            client = docker.DockerClient(base_url=DOCKER_URL, timeout=5)
+            version = client.version().get("Version", "?")
+            client.images.get(IMAGE)
+        except docker.errors.ImageNotFound as exc:
+            raise AirflowFailException(
+                f"the Docker engine at {DOCKER_URL} has no image {IMAGE}: build it first "
+                "(`docker compose build`)"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - any failure to talk to the engine
+            raise AirflowFailException(
+                f"the Docker engine at {DOCKER_URL} does not answer ({type(exc).__name__}: "
+                f"{exc}); ml_pipeline_docker needs one, ml_pipeline does not."
+            ) from exc
+        return f"Docker {version} at {DOCKER_URL}, image {IMAGE}"
+
+    def stage(task_id: str, timeout: timedelta = timedelta(minutes=30)) -> DockerOperator:
+        return DockerOperator(
+            task_id=task_id,
+            image=IMAGE,
+            entrypoint=ENTRYPOINT,
+            command=COMMANDS[task_id],
+            docker_url=DOCKER_URL,
+            network_mode=NETWORK,
+            environment=_environment(FORWARDED),
+            private_environment=_environment(SECRETS),
+            mount_tmp_dir=False,
+            auto_remove="success",
+            do_xcom_push=True,
+            execution_timeout=timeout,
+        )
+
+    preflight = check_docker_engine()
+    preprocess = stage("preprocess")
+    train = stage("train", timeout=timedelta(hours=3))
+    preflight >> preprocess >> train >> stage("evaluate") >> stage("promote")
+
+
+ml_pipeline_docker()

@@ -1,0 +1,177 @@
+"""Tracking, registry and promotion against the running MLflow (PostgreSQL + S3).
+
+A first model is logged, evaluated, registered and promoted; a worse one trained on the
+same split stays a challenger and says why; the champion loaded from the registry and
+the exported copy in models/ predict identically. Everything lives under a test-only
+experiment and model name, deleted at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_PROFILE, WORSE_PROFILE
+
+pytestmark = pytest.mark.stack
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def ml_settings(stack, settings, tmp_path_factory):
+    from rakuten_mlops import registry
+
+    name = f"test-ml-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path_factory.mktemp("ml")
+    ml = settings.model_copy(update={
+        "model_name": name,
+        "mlflow_experiment": name,
+        "models_dir": folder / "models",
+        "processed_data_dir": folder / "processed",
+    })
+    yield ml
+    client = registry.client(ml)
+    try:
+        client.delete_registered_model(name)
+    except Exception:  # noqa: BLE001 - a failed test may not have registered it
+        pass
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        client.delete_experiment(experiment.experiment_id)
+
+
+@pytest.fixture(scope="module")
+def dataset(ml_settings, sample_frame, categories):
+    from rakuten_mlops.preprocess import save_dataset
+
+    return save_dataset(ml_settings, sample_frame, categories)
+
+
+@pytest.fixture(scope="module")
+def first(ml_settings, dataset):
+    from rakuten_mlops.evaluate import run_evaluate
+    from rakuten_mlops.registry import promote
+    from rakuten_mlops.train import run_train
+
+    run_id = run_train(ml_settings, dataset.dataset_id, dict(TINY_PROFILE), report=quiet)
+    metrics = run_evaluate(ml_settings, run_id, report=quiet)
+    return run_id, metrics, promote(ml_settings, run_id)
+
+
+def test_the_dataset_snapshot_is_read_back_by_reference(ml_settings, dataset):
+    from rakuten_mlops.preprocess import dataset_dir, load_dataset
+
+    shutil.rmtree(dataset_dir(ml_settings, dataset.dataset_id))  # as on another machine
+    again = load_dataset(ml_settings, dataset.dataset_id)  # from S3
+    assert again.manifest["sha256"] == dataset.manifest["sha256"]
+    pd.testing.assert_frame_equal(again.frame, dataset.frame, check_dtype=False)
+
+
+def test_a_run_logs_search_data_version_model_and_evaluation(ml_settings, first, dataset):
+    import mlflow.artifacts
+
+    from rakuten_mlops import registry
+
+    run_id, metrics, _ = first
+    client = registry.client(ml_settings)
+    run = client.get_run(run_id)
+    assert run.data.tags["dataset_sha256"] == dataset.manifest["sha256"]
+    assert run.data.tags["test_split_sha256"] == dataset.manifest["test_split_sha256"]
+    assert run.data.params["best_family"] == run.data.tags["best_family"]
+    assert run.data.params["dataset_rows_train"] == str(dataset.manifest["subsets"]["train"])
+    for key in ("cv_f1_weighted", "search_seconds", "refit_seconds", "test_f1_weighted",
+                "test_accuracy", "baseline_test_f1_weighted"):
+        assert key in run.data.metrics, key
+    assert metrics["test_f1_weighted"] == pytest.approx(run.data.metrics["test_f1_weighted"])
+    assert run.inputs.dataset_inputs[0].dataset.digest == dataset.manifest["sha256"][:16]
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    assert sorted(child.data.tags["family"] for child in children) == sorted(TINY_PROFILE["families"])
+    for child in children:
+        assert "cv_f1_weighted" in child.data.metrics
+        table = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/cv_results.csv")
+        assert len(table.strip().splitlines()) >= 3  # header + two candidates
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for a in client.list_artifacts(run_id, "evaluation")}
+    assert {"label_mapping.json", "dataset_manifest.json", "profile.yaml",
+            "evaluation/confusion_matrix.png", "evaluation/per_class_report.csv"} <= artifacts
+    mapping = mlflow.artifacts.load_dict(f"runs:/{run_id}/label_mapping.json")
+    assert len(mapping["classes"]) == 27 and mapping["categories"]["10"]
+
+
+def test_the_first_model_is_registered_and_promoted(ml_settings, first):
+    from rakuten_mlops import registry
+
+    run_id, _, promotion = first
+    assert promotion.promoted and promotion.alias == "champion"
+    assert promotion.reason == "first registered model: promoted"
+    champion = registry.champion(ml_settings)
+    assert champion.version == promotion.version and champion.run_id == run_id
+
+
+def test_champion_from_the_registry_and_the_export_predict_identically(
+    ml_settings, first, sample_frame
+):
+    import mlflow.sklearn
+
+    from rakuten_mlops import registry
+    from rakuten_mlops.train import split_xy
+
+    run_id, _, promotion = first
+    registry.configure(ml_settings)
+    served = mlflow.sklearn.load_model(f"models:/{ml_settings.model_name}@champion")
+    exported, meta = registry.load_export(ml_settings)
+    X, _ = split_xy(sample_frame[sample_frame["subset"] == "test"])  # noqa: N806
+    np.testing.assert_array_equal(served.predict(X), exported.predict(X))
+    np.testing.assert_array_equal(served.decision_function(X), exported.decision_function(X))
+    assert meta["version"] == promotion.version and meta["run_id"] == run_id
+    assert meta["label_mapping"]["classes"] == [int(c) for c in exported.classes_]
+    assert meta["metrics"]["test_f1_weighted"] == pytest.approx(promotion.test_f1_weighted)
+    assert meta["training_data"]["dataset_id"]
+    model_file, _ = registry.export_paths(ml_settings)
+    assert meta["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+
+
+def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset):
+    from rakuten_mlops import registry
+    from rakuten_mlops.evaluate import run_evaluate
+    from rakuten_mlops.train import run_train
+
+    first_run, _, first_promotion = first
+    model_file, meta_file = registry.export_paths(ml_settings)
+    exported_before = (model_file.read_bytes(), meta_file.read_text())
+
+    run_id = run_train(ml_settings, dataset.dataset_id, dict(WORSE_PROFILE), report=quiet)
+    run_evaluate(ml_settings, run_id, report=quiet)
+    promotion = registry.promote(ml_settings, run_id)
+
+    assert not promotion.promoted and promotion.alias == "challenger"
+    assert promotion.champion_version == first_promotion.version
+    assert promotion.champion_f1_weighted == pytest.approx(first_promotion.test_f1_weighted)
+    assert promotion.test_f1_weighted < promotion.champion_f1_weighted
+    assert "does not beat champion" in promotion.reason
+    assert "logged on the same test split" in promotion.reason
+    client = registry.client(ml_settings)
+    name = ml_settings.model_name
+    assert client.get_model_version_by_alias(name, "champion").version == first_promotion.version
+    assert client.get_model_version_by_alias(name, "challenger").version == promotion.version
+    run = client.get_run(run_id)
+    assert run.data.tags["promotion_decision"] == "challenger"
+    assert run.data.tags["promotion_reason"] == promotion.reason
+    assert client.get_model_version(name, promotion.version).tags["promotion"] == promotion.reason
+    # models/ still holds the champion, untouched.
+    assert (model_file.read_bytes(), meta_file.read_text()) == exported_before
+
+    # Promoting the same run again registers nothing new and decides the same.
+    again = registry.promote(ml_settings, run_id)
+    assert (again.version, again.alias) == (promotion.version, "challenger")
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    assert first_run != run_id

@@ -1,0 +1,82 @@
+"""Profiles and the cross-validated search, on the real sample (no services needed)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import TINY_PROFILE
+
+from rakuten_mlops.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
+from rakuten_mlops.train import load_profile, refit, search, training_rows
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_shipped_profiles_search_every_family_over_a_real_grid(name):
+    profile = load_profile(name)
+    assert set(profile["families"]) == set(FAMILIES)
+    assert profile["cv_folds"] >= 3
+    assert "test" not in profile["train_subsets"]
+    for family, spec in profile["families"].items():
+        grid = spec["grid"]
+        candidates = list(itertools.product(*grid.values()))
+        assert len(candidates) >= 2, f"{name}/{family}: one point is not a grid"
+        if family in TREE_FAMILIES:
+            assert spec["search"] == "halving", f"{name}/{family}: tree families halve"
+        # Every key names a real parameter of the family's pipeline.
+        pipeline = build_pipeline(family, spec.get("fixed"), profile["features"])
+        for values in candidates:
+            pipeline.set_params(**pipeline_params(family, dict(zip(grid, values, strict=True))))
+
+
+def test_the_full_profile_searches_more_than_the_quick_one():
+    quick, full = load_profile("quick"), load_profile("full")
+
+    def size(profile, family):
+        return len(list(itertools.product(*profile["families"][family]["grid"].values())))
+
+    for family in FAMILIES:
+        assert size(full, family) >= size(quick, family)
+
+
+def test_unknown_profile_and_family_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="known: .*full.*quick"):
+        load_profile("nope")
+    with pytest.raises(ValueError, match="unknown family 'svm'"):
+        load_profile({"families": {"svm": {}}})
+
+
+@pytest.fixture(scope="module")
+def tiny_search(sample_frame):
+    return search(sample_frame, dict(TINY_PROFILE), report=lambda line: None)
+
+
+def test_search_covers_every_family_on_the_training_rows_only(tiny_search, sample_frame):
+    assert set(tiny_search.families) == set(FAMILIES)
+    assert tiny_search.n_train == (sample_frame["subset"] == "train").sum()
+    for name, result in tiny_search.families.items():
+        assert 0.0 < result.cv_score <= 1.0
+        assert result.n_candidates == 2
+        table = result.cv_results
+        assert {"params", "mean_test_score", "std_test_score"} <= set(table.columns)
+        if result.search == "halving":
+            assert result.n_resources[-1] > result.n_resources[0]
+        assert result.seconds > 0 and result.peak_rss_mb > 0
+    assert tiny_search.best.cv_score == max(r.cv_score for r in tiny_search.families.values())
+    # Linear models win on sparse TF-IDF.
+    assert tiny_search.best.family in ("linear_svc", "logreg")
+
+
+def test_the_best_family_is_refit_and_predicts_the_test_rows(tiny_search, sample_frame):
+    from rakuten_mlops.evaluate import evaluate
+
+    pipeline = refit(sample_frame, tiny_search.best, dict(TINY_PROFILE))
+    evaluation = evaluate(pipeline, sample_frame)
+    assert evaluation.n_test == (sample_frame["subset"] == "test").sum()
+    assert evaluation.f1_weighted > 0.6
+    assert evaluation.confusion.sum() == evaluation.n_test
+
+
+def test_training_rows_never_include_test_rows(sample_frame):
+    rows = training_rows(sample_frame, load_profile("full"))
+    assert set(rows["subset"]) == {"train"}

@@ -8,15 +8,19 @@ import pytest
 from lakehelpers import jpeg_bytes, png_bytes
 
 from rakuten_mlops.ingest.images import BadImage, check_jpeg
-from rakuten_mlops.ingest.plan import LakeState, make_plan
+from rakuten_mlops.ingest.plan import LakeState, _labels, make_plan
 from rakuten_mlops.ingest.sources import (
     X_HEADER,
     X_INT_COLUMNS,
+    Y_HEADER,
+    Y_INT_COLUMNS,
     IngestError,
+    PlainLabelRecords,
     read_csv,
+    read_labels,
     read_source,
 )
-from rakuten_mlops.ingest.text import normalize_slice, slice_size
+from rakuten_mlops.ingest.text import normalize_slice, read_ahead, slice_size
 
 HEADER = ",designation,description,productid,imageid\n"
 
@@ -61,6 +65,62 @@ def test_invalid_utf8_is_flagged_on_its_record_only(tmp_path):
     records = read_csv(path, X_HEADER, X_INT_COLUMNS)
     assert [r.bad_utf8 for r in records] == [True, False]
     assert records[1].fields[1] == "Café"
+
+
+@pytest.mark.parametrize("body", ["1,10\n2,40\n", "1,10\n2,40", "", "007,10\n8,2905\n"])
+def test_a_plain_label_file_gives_the_csv_readers_records(tmp_path, body):
+    path = write(tmp_path / "y.csv", ",prdtypecode\n" + body)
+    records = read_labels(path)
+    assert isinstance(records, PlainLabelRecords)
+    assert list(records) == read_csv(path, Y_HEADER, Y_INT_COLUMNS)
+    assert len(records) == body.count(",")
+
+
+@pytest.mark.parametrize("body", ["1,10\n\n2,40\n", "1,10\n\n", "1,10\r\n", '"1",10\n'])
+def test_other_label_files_take_the_csv_reader(tmp_path, body):
+    path = write(tmp_path / "y.csv", ",prdtypecode\n" + body)
+    assert read_labels(path) == read_csv(path, Y_HEADER, Y_INT_COLUMNS)
+
+
+@pytest.mark.parametrize("labels", ["0,10\n1,40\n2,10\n", "0,10\n1,40\n0,40\n", "0,10\n1,99\n"])
+def test_the_labels_fast_path_decides_as_the_record_loop(tmp_path, labels):
+    root = source_dir(tmp_path, "".join(f"{i},P{i},,{100 + i},{200 + i}\n" for i in range(3)),
+                      labels)
+    source = read_source(root)
+    assert isinstance(source.y_records, PlainLabelRecords)
+    fast = _labels(source)
+    source.y_records = list(source.y_records)
+    assert fast == _labels(source)
+
+
+def test_read_ahead_yields_in_order_and_raises_the_producers_error():
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def broken():
+        yield 1
+        raise IngestError("bad header")
+
+    items = read_ahead(broken())
+    assert next(items) == 1
+    with pytest.raises(IngestError, match="bad header"):
+        next(items)
+
+
+def test_closing_read_ahead_early_stops_its_thread():
+    import threading
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    items = read_ahead(endless(), depth=2)
+    assert next(items) == 0
+    items.close()
+    assert not [t for t in threading.enumerate() if t.name == "ingest-read-ahead"]
+    assert len(produced) <= 5  # stopped a few items ahead, not run on
 
 
 def test_bom_and_blank_lines_are_not_records(tmp_path):

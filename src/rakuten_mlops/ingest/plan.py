@@ -25,6 +25,7 @@ image folders) are computed once the whole source has been seen (`Planner.finish
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from rakuten_mlops.ingest.sources import (
     X_INT_COLUMNS,
     Y_INT_COLUMNS,
     Y_TRAIN,
+    PlainLabelRecords,
     Reject,
     Source,
     id_problem,
@@ -96,6 +98,13 @@ def _labels(source: Source) -> tuple[dict[int, tuple[int, int]], dict[int, str],
     labels: dict[int, tuple[int, int]] = {}
     refused: dict[int, str] = {}
     rejects: list[Reject] = []
+    plain = source.y_records
+    if isinstance(plain, PlainLabelRecords):
+        # Every index and code is ASCII digits: without a repeated index or an unknown
+        # code, every record is a valid label (the loop below would find the same).
+        indices, codes = list(map(int, plain.indices)), list(map(int, plain.codes))
+        if len(set(indices)) == len(indices) and set(codes) <= source.categories.keys():
+            return dict(zip(indices, zip(codes, itertools.count(2)), strict=True)), refused, rejects
     for record in source.y_records:
         index = None
         if record.malformed:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -74,7 +75,7 @@ class Source:
 
     root: Path
     x_records: dict[str, list[Record] | LazyRecords]  # "train"/"test" -> records in order
-    y_records: list[Record]
+    y_records: list[Record] | PlainLabelRecords
     categories: dict[int, str]
     category_rejects: list[Reject]
     image_files: dict[str, set[str]]  # "train"/"test" -> file names in the images folder
@@ -128,27 +129,25 @@ def read_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> list
 
 
 class LazyRecords:
-    """The records of one CSV file, parsed as they are first iterated (so the load can
-    write the first products while it reads the last), then kept as a list."""
+    """The records of one CSV file, parsed as they are iterated (so the load can write
+    the first products while it reads the last) and not kept: each is freed once the
+    load is done with it. Iterating again parses the file again."""
 
     def __init__(self, path: Path, header: list[str], int_columns: dict[int, str]):
         self._args = (path, header, int_columns)
-        self._records: list[Record] | None = None
+        self._count: int | None = None
 
     def __iter__(self) -> Iterator[Record]:
-        if self._records is not None:
-            yield from self._records
-            return
-        records = []
+        count = 0
         for record in iter_csv(*self._args):
-            records.append(record)
+            count += 1
             yield record
-        self._records = records
+        self._count = count
 
     def __len__(self) -> int:
-        if self._records is None:
-            self._records = read_csv(*self._args)
-        return len(self._records)
+        if self._count is None:
+            self._count = sum(1 for _ in iter_csv(*self._args))
+        return self._count
 
 
 def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iterator[Record]:
@@ -210,22 +209,39 @@ def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iter
         raise IngestError(f"{path.name}: the file is empty (no header line)")
 
 
-_PLAIN_LABELS = re.compile(r"(?:\d+,\d+\n)*(?:\d+,\d+)?\n?")
+_PLAIN_LABELS = re.compile(r"(?:\d+,\d+\n)*(?:\d+,\d+\n?)?")
 
 
-def read_labels(path: Path) -> list[Record]:
+class PlainLabelRecords:
+    """The records of a label file whose every line after the header is exactly
+    `<digits>,<digits>` (`read_labels`' fast path): the two columns as lists of strings,
+    record i (from 0) on line i + 2. Iterating gives the Records the CSV reader would."""
+
+    def __init__(self, indices: list[str], codes: list[str]):
+        self.indices, self.codes = indices, codes
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[Record]:
+        for line, index, code in zip(itertools.count(2), self.indices, self.codes):
+            yield Record(line, line, [index, code])
+
+
+def read_labels(path: Path) -> list[Record] | PlainLabelRecords:
     """The label file's records: `read_csv`, with a fast path for the usual plain file.
 
     A label file is two integer columns; when every line after the header is exactly
-    `<digits>,<digits>` (checked with one regular expression), splitting lines gives the
-    same records as the CSV reader, at a fraction of the cost.
+    `<digits>,<digits>` (checked with one regular expression), splitting the text gives
+    the same records as the CSV reader, at a fraction of the cost.
     """
     data = path.read_bytes()
     if data.isascii() and b"\r" not in data and b'"' not in data:
         head, _, body = data.decode("ascii").partition("\n")
         if [name.strip() for name in head.split(",")] == Y_HEADER and _PLAIN_LABELS.fullmatch(body):
-            return [Record(number, number, line.split(","))
-                    for number, line in enumerate(body.splitlines(), start=2)]
+            body = body.removesuffix("\n")
+            values = body.replace("\n", ",").split(",") if body else []
+            return PlainLabelRecords(values[0::2], values[1::2])
     return read_csv(path, Y_HEADER, Y_INT_COLUMNS)
 
 

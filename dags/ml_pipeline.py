@@ -23,7 +23,7 @@ loaded into the lake:
 **Params**: `profile`: `quick` (small grids, the demo), `full` (the real search), or a
 path to a profile YAML; empty uses the `TRAINING_PROFILE` setting.
 
-Tasks pass only references through XCom (dataset id, run id). Same code as
+Tasks pass only references through XCom (dataset id, MLflow run id). Same code as
 `python -m rakuten_mlops preprocess | train | evaluate | promote`, which is what
 `ml_pipeline_docker` runs in containers.
 """
@@ -77,19 +77,19 @@ def ml_pipeline():
                          extra_tags={"airflow_run_id": context["run_id"]})
 
     @task
-    def evaluate(run_id: str) -> str:
+    def evaluate(mlflow_run_id: str) -> str:
         from rakuten_mlops.evaluate import run_evaluate
         from rakuten_mlops.settings import get_settings
 
-        run_evaluate(get_settings(), run_id)
-        return run_id
+        run_evaluate(get_settings(), mlflow_run_id)
+        return mlflow_run_id
 
     @task
-    def promote(run_id: str) -> dict:
+    def promote(mlflow_run_id: str) -> dict:
         from rakuten_mlops.registry import promote as decide
         from rakuten_mlops.settings import get_settings
 
-        result = decide(get_settings(), run_id)
+        result = decide(get_settings(), mlflow_run_id)
         print(f"promotion: {result.alias}: {result.reason}")
         return result.as_dict()
 

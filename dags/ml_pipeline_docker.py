@@ -3,11 +3,11 @@
 
 The same four stages as `ml_pipeline` (`preprocess`, `train`, `evaluate`, `promote`),
 each run as `python -m rakuten_mlops <command>` in a container of the ML image
-(`rakuten-mlops-ml`, `ML_IMAGE`) by DockerOperator. Each command prints the reference
+(`RAKUTEN_ML_IMAGE`, default `rakuten-mlops/ml:latest`) by DockerOperator. Each command prints the reference
 the next stage needs as its last line (dataset id, run id), which DockerOperator pushes
 to XCom; data never goes through XCom. Containers get the platform's settings as
 environment (secrets through `private_environment`) and join the compose network
-(`DOCKER_NETWORK`), so they reach PostgreSQL, MinIO and MLflow by service name.
+(`RAKUTEN_DOCKER_NETWORK`, default `rakuten-mlops`), so they reach PostgreSQL, MinIO and MLflow by service name.
 
 First task `check_docker_engine`: fails at once, and says why, when no Docker engine
 answers at `DOCKER_HOST` (default `unix:///var/run/docker.sock`), e.g. in local mode,
@@ -24,20 +24,12 @@ from datetime import datetime, timedelta
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import Param, dag, task
 
-IMAGE = os.environ.get("ML_IMAGE", "rakuten-mlops-ml:latest")
-DOCKER_URL = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-NETWORK = os.environ.get("DOCKER_NETWORK", "rakuten-mlops_default")
-ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
+from rakuten_mlops.settings import settings_environment
 
-# Settings the containers need (rakuten_mlops.settings), forwarded from this worker.
-FORWARDED = (
-    "RAKUTEN_MODE", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_DB",
-    "S3_HOST", "S3_PORT", "S3_SECURE", "S3_REGION", "S3_ACCESS_KEY", "S3_BUCKET_ARTIFACTS",
-    "S3_BUCKET_MLFLOW", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-    "MLFLOW_EXPERIMENT", "MODEL_NAME", "MODEL_ALIAS", "TRAINING_PROFILE",
-    "SPLIT_SEED", "SPLIT_VALIDATION_FRACTION", "SPLIT_TEST_FRACTION",
-)
-SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+IMAGE = os.environ.get("RAKUTEN_ML_IMAGE", "rakuten-mlops/ml:latest")
+DOCKER_URL = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+NETWORK = os.environ.get("RAKUTEN_DOCKER_NETWORK", "rakuten-mlops")
+ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
 
 # The CLI command of each stage, as `ml_pipeline`'s tasks call them in-process.
 PROFILE = "{{ params.profile or '' }}"
@@ -48,10 +40,6 @@ COMMANDS = {
     "evaluate": ["evaluate", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
     "promote": ["promote", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
 }
-
-
-def _environment(names) -> dict[str, str]:
-    return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
 @dag(
@@ -109,6 +97,9 @@ def ml_pipeline_docker():
             ) from exc
         return f"Docker {version} at {DOCKER_URL}, image {IMAGE}"
 
+    # This worker's settings (names only read from its environment, nothing resolved).
+    settings, secrets = settings_environment()
+
     def stage(task_id: str, timeout: timedelta = timedelta(minutes=30)) -> DockerOperator:
         return DockerOperator(
             task_id=task_id,
@@ -117,8 +108,8 @@ def ml_pipeline_docker():
             command=COMMANDS[task_id],
             docker_url=DOCKER_URL,
             network_mode=NETWORK,
-            environment=_environment(FORWARDED),
-            private_environment=_environment(SECRETS),
+            environment=settings,
+            private_environment=secrets,
             mount_tmp_dir=False,
             auto_remove="success",
             do_xcom_push=True,

@@ -288,6 +288,69 @@ def export_model_command() -> None:
     typer.echo(str(path))
 
 
+@app.command("data-quality")
+def data_quality_command(
+    date: Annotated[str | None, typer.Option(
+        help="Day to check (YYYY-MM-DD, UTC): its load batches and inference log, like the "
+        "data_quality DAG run of that date. Default: today so far.",
+    )] = None,
+) -> None:
+    """Drift and quality of new load batches and the day's predictions (the data_quality DAG)."""
+    import logging
+    from datetime import UTC, datetime, timedelta
+
+    from rakuten_mlops.monitoring import QualityError, run, to_json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    start = (datetime.fromisoformat(date).replace(tzinfo=UTC) if date
+             else datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0))
+    end = start + timedelta(days=1) if date else datetime.now(UTC)
+    try:
+        run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+        summary = run(get_settings(), start, end, dag_run_id=run_id)
+    except QualityError as exc:
+        typer.secho(f"data-quality: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(to_json(summary))
+
+
+@app.command("publish-dashboards")
+def publish_dashboards_command(
+    url: Annotated[str | None, typer.Option(help="Grafana URL. Default: GRAFANA_URL.")] = None,
+    folder: Annotated[str, typer.Option(help="Folder to put them in (created).")] = "Rakuten MLOps",
+    lake_datasource: Annotated[str, typer.Option(
+        help="uid of that Grafana's PostgreSQL datasource for the lake.")] = "lake",
+    prometheus_datasource: Annotated[str, typer.Option(
+        help="uid of that Grafana's Prometheus datasource.")] = "prometheus",
+) -> None:
+    """Push config/grafana/dashboards/*.json to an existing Grafana (grafana-client)."""
+    from rakuten_mlops.dashboards import PublishError, publish
+
+    try:
+        published = publish(get_settings(), url=url, folder=folder,
+                            datasources={"lake": lake_datasource,
+                                         "prometheus": prometheus_datasource},
+                            report=typer.echo)
+    except PublishError as exc:
+        typer.secho(f"publish-dashboards: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"published {len(published)} dashboard(s)")
+
+
+@app.command("champion")
+def champion_command() -> None:
+    """Print the registered champion: version, family, test metrics and its MLflow page."""
+    from rakuten_mlops.registry import champion_summary
+
+    try:
+        summary = champion_summary(get_settings())
+    except ValueError as exc:
+        typer.secho(f"champion: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+    for key, value in summary.items():
+        typer.echo(f"  {key:<28} {value}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="rakuten-mlops")
 

@@ -396,7 +396,42 @@ def promote(
         if champion_f1 is not None:
             mlflow.log_metric("champion_test_f1_weighted_before", champion_f1)
         mlflow.log_dict(result.as_dict(), "promotion.json")
+    # For the Model dashboard (Grafana reads PostgreSQL, not MLflow). Keyed by version
+    # and alias, so a retried promote task records the same decision once.
+    from rakuten_mlops.monitoring import record_promotion
+
+    record_promotion(settings, {
+        **result.as_dict(),
+        "cv_f1_weighted": run.data.metrics.get("cv_f1_weighted"),
+        "best_family": run.data.tags.get("best_family"),
+        "dataset_id": run.data.tags.get("dataset_id"),
+    })
     return result
+
+
+def champion_summary(settings: Settings, model_name: str | None = None) -> dict[str, Any]:
+    """What `make demo` prints about the champion: version, family, metrics, MLflow URLs."""
+    name = model_name or settings.model_name
+    version = champion(settings, name)
+    if version is None:
+        raise ValueError(f"no {name}@{settings.model_alias} yet: run the ml_pipeline DAG")
+    run = client(settings).get_run(version.run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    summary: dict[str, Any] = {
+        "model": f"{name} v{version.version} (@{settings.model_alias})",
+        "family": tags.get("best_family", "?"),
+        "profile": tags.get("profile", "?"),
+        "trained on": f"dataset {tags.get('dataset_id', '?')} "
+                      f"({run.data.params.get('n_train', '?')} training products)",
+    }
+    for key in ("cv_f1_weighted", "test_f1_weighted", "test_accuracy", "baseline_test_f1_weighted"):
+        if key in metrics:
+            summary[key] = f"{metrics[key]:.4f}"
+    summary["promotion"] = (version.tags or {}).get("promotion", "")
+    base = settings.tracking_uri.rstrip("/")
+    summary["MLflow run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    summary["MLflow model"] = f"{base}/#/models/{name}/versions/{version.version}"
+    return summary
 
 
 # --------------------------------------------------------------------------- export

@@ -11,7 +11,8 @@ import secrets
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, get_args
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
@@ -76,6 +77,14 @@ class Settings(BaseSettings):
     # Where clients reach MLflow; defaults to the local-mode server.
     mlflow_tracking_uri: str | None = None
     prometheus_port: int = Field(9090, ge=1, le=65535)
+    # Grafana (compose mode; `publish-dashboards` pushes config/grafana/dashboards to any
+    # Grafana): its URL (default: BIND_HOST:GRAFANA_PORT) and a service-account token,
+    # else the admin user and password.
+    grafana_port: int = Field(3000, ge=1, le=65535)
+    grafana_url: str | None = None
+    grafana_token: SecretStr | None = None
+    grafana_admin_user: str = "admin"
+    grafana_admin_password: SecretStr | None = None
 
     # The registered model trained and served, and the alias of the one in production.
     model_name: str = "rakuten-prdtypecode"
@@ -117,6 +126,10 @@ class Settings(BaseSettings):
     ingest_text_write: Literal["copy", "staging"] = "copy"
     ingest_image_workers: int = Field(8, ge=1, le=64)
     ingest_image_chunk: int = Field(500, ge=1)  # image catalogue rows per commit
+    # data_quality DAG (rakuten_mlops.monitoring): thresholds file, and whether a breach
+    # triggers the ml_pipeline DAG (retraining).
+    quality_config: Path = Path("config/quality.yaml")
+    quality_trigger_retrain: bool = False
     # The train/validation/test split of labelled products (rakuten_mlops.split)
     split_seed: int = 42
     split_validation_fraction: float = Field(0.15, ge=0, lt=1)
@@ -169,6 +182,10 @@ class Settings(BaseSettings):
         return (self.s3_bucket_images, self.s3_bucket_artifacts, self.s3_bucket_mlflow)
 
     @property
+    def grafana_base_url(self) -> str:
+        return self.grafana_url or f"http://{self.bind_host}:{self.grafana_port}"
+
+    @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"http://{self.bind_host}:{self.mlflow_port}"
 
@@ -180,6 +197,25 @@ def env_file() -> Path:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings(_env_file=env_file())
+
+
+def settings_environment(
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings set in `environ`, as (plain, secret) variables.
+
+    What a container needs to run with this process's configuration: the DockerOperator
+    passes the first as `environment` and the second as `private_environment`, which
+    Airflow keeps out of the task's rendered fields and logs.
+    """
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        key = name.upper()
+        if key in environ:
+            is_secret = SecretStr in (field.annotation, *get_args(field.annotation))
+            (secret if is_secret else plain)[key] = environ[key]
+    return plain, secret
 
 
 def render_env_file(template: str) -> str:

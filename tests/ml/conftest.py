@@ -13,63 +13,6 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE = PROJECT / "raw_data"
 
-# Every family, each with a grid of two points, on cheap features: the whole search takes
-# seconds on the sample. Halving for the tree families, as in the real profiles.
-TINY_PROFILE = {
-    "name": "tiny",
-    "cv_folds": 3,
-    "random_state": 42,
-    "n_jobs": 2,
-    "train_subsets": ["train"],
-    "baseline": True,
-    "features": {
-        "word": {"ngram_range": [1, 2]},
-        "char": {"ngram_range": [2, 4], "min_df": 2},
-    },
-    "families": {
-        "linear_svc": {"search": "grid", "grid": {"C": [0.3, 1.0]}},
-        "logreg": {
-            "search": "grid",
-            "fixed": {"solver": "saga", "max_iter": 15, "tol": 0.01},
-            "grid": {"C": [10.0, 30.0]},
-        },
-        "random_forest": {
-            "search": "halving",
-            "halving": {"factor": 2},
-            "select_k": 500,
-            "fixed": {"n_estimators": 10},
-            "grid": {"min_samples_leaf": [1, 2]},
-        },
-        "xgboost": {
-            "search": "halving",
-            "halving": {"factor": 2},
-            "select_k": 300,
-            "fixed": {"n_estimators": 8, "max_bin": 16},
-            "grid": {"max_depth": [2, 4]},
-        },
-    },
-}
-
-# Clearly worse than TINY_PROFILE's winner (a shallow forest of a few trees).
-WORSE_PROFILE = {
-    "name": "worse",
-    "cv_folds": 3,
-    "random_state": 42,
-    "n_jobs": 2,
-    "train_subsets": ["train"],
-    "baseline": False,
-    "features": {"word": {"ngram_range": [1, 1]}, "char": None},
-    "families": {
-        "random_forest": {
-            "search": "grid",
-            "select_k": 200,
-            "fixed": {"n_estimators": 5, "max_depth": 4},
-            "grid": {"min_samples_leaf": [1, 5]},
-        },
-    },
-}
-
-
 @pytest.fixture(scope="session")
 def sample_frame():
     """The shipped sample's labelled products, split like the lake splits (70/15/15)."""

@@ -15,7 +15,7 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import TINY_PROFILE, WORSE_PROFILE
+from profiles import TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
 
@@ -169,6 +169,17 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     assert client.get_model_version(name, promotion.version).tags["promotion"] == promotion.reason
     # models/ still holds the champion, untouched.
     assert (model_file.read_bytes(), meta_file.read_text()) == exported_before
+
+    # Both decisions are in the lake, for the Model dashboard.
+    from rakuten_mlops.storage import connect
+
+    with connect(ml_settings) as conn:
+        recorded = conn.execute(
+            "SELECT version, alias, promoted, best_family FROM model_promotions"
+            " WHERE model_name = %s ORDER BY version", (name,)).fetchall()
+    assert recorded == [(first_promotion.version, "champion", True,
+                         client.get_run(first_run).data.tags["best_family"]),
+                        (promotion.version, "challenger", False, "random_forest")]
 
     # Promoting the same run again registers nothing new and decides the same.
     again = registry.promote(ml_settings, run_id)

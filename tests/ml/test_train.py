@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import TINY_PROFILE
+from profiles import TINY_PROFILE
 
 from rakuten_mlops.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
 from rakuten_mlops.train import load_profile, refit, search, training_rows

@@ -73,8 +73,9 @@ def ml_pipeline():
         from rakuten_mlops.train import run_train
 
         profile = context["params"].get("profile") or None
-        return run_train(get_settings(), dataset_id, profile,
-                         extra_tags={"airflow_run_id": context["run_id"]})
+        return run_train(
+            get_settings(), dataset_id, profile, extra_tags={"airflow_run_id": context["run_id"]}
+        )
 
     @task
     def evaluate(mlflow_run_id: str) -> str:

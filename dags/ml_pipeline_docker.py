@@ -3,11 +3,12 @@
 
 The same four stages as `ml_pipeline` (`preprocess`, `train`, `evaluate`, `promote`),
 each run as `python -m rakuten_mlops <command>` in a container of the ML image
-(`RAKUTEN_ML_IMAGE`, default `rakuten-mlops/ml:latest`) by DockerOperator. Each command prints the reference
-the next stage needs as its last line (dataset id, run id), which DockerOperator pushes
-to XCom; data never goes through XCom. Containers get the platform's settings as
-environment (secrets through `private_environment`) and join the compose network
-(`RAKUTEN_DOCKER_NETWORK`, default `rakuten-mlops`), so they reach PostgreSQL, MinIO and MLflow by service name.
+(`RAKUTEN_ML_IMAGE`, default `rakuten-mlops/ml:latest`) by DockerOperator. Each command
+prints the reference the next stage needs as its last line (dataset id, run id), which
+DockerOperator pushes to XCom; data never goes through XCom. Containers get the
+platform's settings as environment (secrets through `private_environment`) and join the
+compose network (`RAKUTEN_DOCKER_NETWORK`, default `rakuten-mlops`), so they reach
+PostgreSQL, MinIO and MLflow by service name.
 
 First task `check_docker_engine`: fails at once, and says why, when no Docker engine
 answers at `DOCKER_HOST` (default `unix:///var/run/docker.sock`), e.g. in local mode,
@@ -35,8 +36,13 @@ ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
 PROFILE = "{{ params.profile or '' }}"
 COMMANDS = {
     "preprocess": ["preprocess"],
-    "train": ["train", "--dataset-id", "{{ ti.xcom_pull(task_ids='preprocess') }}",
-              "--profile", PROFILE],
+    "train": [
+        "train",
+        "--dataset-id",
+        "{{ ti.xcom_pull(task_ids='preprocess') }}",
+        "--profile",
+        PROFILE,
+    ],
     "evaluate": ["evaluate", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
     "promote": ["promote", "--run-id", "{{ ti.xcom_pull(task_ids='train') }}"],
 }

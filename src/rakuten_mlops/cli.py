@@ -220,8 +220,12 @@ def preprocess_command(
         typer.secho(f"preprocess: {exc}", fg="red", err=True)
         raise typer.Exit(1) from exc
     manifest = dataset.manifest
-    typer.echo(f"dataset {manifest['dataset_id']}: {manifest['rows']} rows {manifest['subsets']}, "
-               f"batches {manifest['load_batches']}, {manifest.get('s3_uri') or manifest['local_path']}")
+    where = manifest.get("s3_uri") or manifest["local_path"]
+    typer.echo(
+        f"dataset {manifest['dataset_id']}: {manifest['rows']} rows {manifest['subsets']}, "
+        f"batches {manifest['load_batches']}, {where}",
+        err=True,
+    )
     typer.echo(manifest["dataset_id"])
 
 

@@ -42,14 +42,16 @@ class Evaluation:
         rows = []
         for label in self.labels:
             entry = self.report[str(label)]
-            rows.append({
-                "prdtypecode": label,
-                "category": (names or {}).get(label, ""),
-                "precision": entry["precision"],
-                "recall": entry["recall"],
-                "f1": entry["f1-score"],
-                "support": int(entry["support"]),
-            })
+            rows.append(
+                {
+                    "prdtypecode": label,
+                    "category": (names or {}).get(label, ""),
+                    "precision": entry["precision"],
+                    "recall": entry["recall"],
+                    "f1": entry["f1-score"],
+                    "support": int(entry["support"]),
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -102,7 +104,8 @@ def confusion_figure(evaluation: Evaluation, names: dict[int, str] | None = None
     axes.set_xlabel("predicted prdtypecode")
     axes.set_ylabel("true prdtypecode")
     axes.set_title(
-        title or f"test split: weighted F1 {evaluation.f1_weighted:.3f}, "
+        title
+        or f"test split: weighted F1 {evaluation.f1_weighted:.3f}, "
         f"accuracy {evaluation.accuracy:.3f}, n={evaluation.n_test}"
     )
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
@@ -117,14 +120,21 @@ def baseline_pipeline():
     from sklearn.preprocessing import FunctionTransformer
     from sklearn.svm import LinearSVC
 
-    return Pipeline([
-        ("text", FunctionTransformer(_raw_text)),
-        ("tfidf", FeatureUnion([
-            ("word", TfidfVectorizer()),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))),
-        ])),
-        ("clf", LinearSVC()),
-    ])
+    return Pipeline(
+        [
+            ("text", FunctionTransformer(_raw_text)),
+            (
+                "tfidf",
+                FeatureUnion(
+                    [
+                        ("word", TfidfVectorizer()),
+                        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5))),
+                    ]
+                ),
+            ),
+            ("clf", LinearSVC()),
+        ]
+    )
 
 
 def _raw_text(frame: pd.DataFrame) -> np.ndarray:
@@ -140,7 +150,9 @@ def baseline_score(frame: pd.DataFrame, train_subsets: list[str], subset: str = 
     return evaluate(pipeline, frame, subset).f1_weighted
 
 
-def run_evaluate(settings, run_id: str, baseline: bool | None = None, report=print) -> dict[str, float]:
+def run_evaluate(
+    settings, run_id: str, baseline: bool | None = None, report=print
+) -> dict[str, float]:
     """Stage `evaluate`: the run's logged model, scored once on its dataset's test split.
 
     Loads the model back from MLflow (so what is scored is what was logged), and, unless
@@ -157,8 +169,10 @@ def run_evaluate(settings, run_id: str, baseline: bool | None = None, report=pri
     dataset = load_dataset(settings, run.data.tags["dataset_id"])
     pipeline = registry.load_run_model(settings, run_id)
     evaluation = evaluate(pipeline, dataset.frame)
-    report(f"test: weighted F1 {evaluation.f1_weighted:.4f}, accuracy {evaluation.accuracy:.4f} "
-           f"on {evaluation.n_test} products")
+    report(
+        f"test: weighted F1 {evaluation.f1_weighted:.4f}, accuracy {evaluation.accuracy:.4f} "
+        f"on {evaluation.n_test} products"
+    )
     import mlflow.artifacts
 
     profile = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/profile.yaml"))

@@ -58,7 +58,9 @@ def load_labelled_products(conn) -> pd.DataFrame:
 
 
 def load_categories(conn) -> dict[int, str]:
-    return {int(code): name for code, name in conn.execute("SELECT prdtypecode, name FROM categories")}
+    return {
+        int(code): name for code, name in conn.execute("SELECT prdtypecode, name FROM categories")
+    }
 
 
 # --------------------------------------------------------------------------- versions
@@ -78,15 +80,24 @@ def content_hash(frame: pd.DataFrame) -> str:
 
 def split_hash(frame: pd.DataFrame, subset: str = "test") -> str:
     """sha256 of one subset's (productid, label) pairs: 'the same test split' means equal."""
-    rows = frame.loc[frame["subset"] == subset, ["productid", "prdtypecode"]].sort_values("productid")
+    rows = frame.loc[frame["subset"] == subset, ["productid", "prdtypecode"]].sort_values(
+        "productid"
+    )
     payload = "\n".join(f"{pid}\t{code}" for pid, code in rows.itertuples(index=False))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def dataset_manifest(frame: pd.DataFrame, categories: dict[int, str] | None = None) -> dict[str, Any]:
+def dataset_manifest(
+    frame: pd.DataFrame, categories: dict[int, str] | None = None
+) -> dict[str, Any]:
     sha = content_hash(frame)
     batches = sorted(
-        {int(b) for column in ("product_batch_id", "label_batch_id") if column in frame for b in frame[column]}
+        {
+            int(b)
+            for column in ("product_batch_id", "label_batch_id")
+            if column in frame
+            for b in frame[column]
+        }
     )
     return {
         "dataset_id": sha[:16],
@@ -135,7 +146,9 @@ def save_dataset(
     from rakuten_mlops.text import TextCleaner
 
     manifest = dataset_manifest(frame, categories)
-    snapshot = frame[DATASET_COLUMNS + [c for c in ("product_batch_id", "label_batch_id") if c in frame]]
+    snapshot = frame[
+        DATASET_COLUMNS + [c for c in ("product_batch_id", "label_batch_id") if c in frame]
+    ]
     snapshot = snapshot.sort_values("productid").reset_index(drop=True)
     cleaner = TextCleaner(nltk_data_dir=str(settings.path(settings.nltk_data_dir))).fit(snapshot)
     # For inspection and other consumers (drift, reports). Models clean raw text themselves.
@@ -148,7 +161,9 @@ def save_dataset(
     manifest["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     manifest["local_path"] = str(folder)
     if upload:
-        manifest["s3_uri"] = f"s3://{settings.s3_bucket_artifacts}/{s3_key(manifest['dataset_id'], '')}"
+        manifest["s3_uri"] = (
+            f"s3://{settings.s3_bucket_artifacts}/{s3_key(manifest['dataset_id'], '')}"
+        )
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (folder / "products.parquet").write_bytes(parquet)
     (folder / "manifest.json").write_bytes(body)
@@ -157,10 +172,18 @@ def save_dataset(
 
         client = s3_client(settings)
         ensure_buckets(client, [settings.s3_bucket_artifacts])
-        put_bytes(client, settings.s3_bucket_artifacts, s3_key(manifest["dataset_id"], "products.parquet"), parquet)
         put_bytes(
-            client, settings.s3_bucket_artifacts, s3_key(manifest["dataset_id"], "manifest.json"),
-            body, content_type="application/json",
+            client,
+            settings.s3_bucket_artifacts,
+            s3_key(manifest["dataset_id"], "products.parquet"),
+            parquet,
+        )
+        put_bytes(
+            client,
+            settings.s3_bucket_artifacts,
+            s3_key(manifest["dataset_id"], "manifest.json"),
+            body,
+            content_type="application/json",
         )
     return Dataset(snapshot, manifest)
 
@@ -175,12 +198,17 @@ def load_dataset(settings: Settings, dataset_id: str) -> Dataset:
         client = s3_client(settings)
         folder.mkdir(parents=True, exist_ok=True)
         for name, target in (("products.parquet", parquet), ("manifest.json", manifest_file)):
-            target.write_bytes(get_bytes(client, settings.s3_bucket_artifacts, s3_key(dataset_id, name)))
+            target.write_bytes(
+                get_bytes(client, settings.s3_bucket_artifacts, s3_key(dataset_id, name))
+            )
     manifest = json.loads(manifest_file.read_text())
     frame = pd.read_parquet(parquet)
     frame = frame.astype({"designation": object, "description": object, "subset": object})
     if (actual := content_hash(frame)) != manifest["sha256"]:
-        raise ValueError(f"dataset {dataset_id}: content hash {actual[:16]} != manifest {manifest['sha256'][:16]}")
+        raise ValueError(
+            f"dataset {dataset_id}: content hash {actual[:16]} "
+            f"!= manifest {manifest['sha256'][:16]}"
+        )
     return Dataset(frame, manifest)
 
 
@@ -222,10 +250,14 @@ def frame_from_csv(
     x = pd.read_csv(x_csv, index_col=0)
     y = pd.read_csv(y_csv, index_col=0)
     frame = x.join(y, how="inner")[["productid", "designation", "description", "prdtypecode"]]
-    frame = frame.astype({"productid": "int64", "prdtypecode": "int64", "designation": object,
-                          "description": object})
+    frame = frame.astype(
+        {"productid": "int64", "prdtypecode": "int64", "designation": object, "description": object}
+    )
     frame = frame.drop_duplicates("productid").reset_index(drop=True)
     subsets = assign_subsets(
-        zip(frame["productid"], frame["prdtypecode"], strict=True), {}, seed, fractions(validation, test)
+        zip(frame["productid"], frame["prdtypecode"], strict=True),
+        {},
+        seed,
+        fractions(validation, test),
     )
     return frame.assign(subset=frame["productid"].map(subsets).astype(object))

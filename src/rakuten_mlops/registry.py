@@ -30,7 +30,12 @@ CHALLENGER_ALIAS = "challenger"
 MODEL_ARTIFACT = "model"
 # What the logged model needs to load: exact versions of the running environment.
 REQUIREMENT_DISTRIBUTIONS = (
-    "scikit-learn", "xgboost-cpu", "numpy", "scipy", "pandas", "cloudpickle",
+    "scikit-learn",
+    "xgboost-cpu",
+    "numpy",
+    "scipy",
+    "pandas",
+    "cloudpickle",
 )
 
 
@@ -129,20 +134,22 @@ def log_training(
         run_name=f"{profile['name']}-{manifest['dataset_id'][:8]}-{best.family}",
         tags=tags,
     ) as run:
-        mlflow.log_params({
-            "profile": profile["name"],
-            "cv_folds": profile["cv_folds"],
-            "scoring": "f1_weighted",
-            "train_subsets": ",".join(profile["train_subsets"]),
-            "n_train": result.n_train,
-            "families": ",".join(result.families),
-            "best_family": best.family,
-            "dataset_id": manifest["dataset_id"],
-            "dataset_rows": manifest["rows"],
-            **{f"dataset_rows_{k}": v for k, v in manifest["subsets"].items()},
-            **{f"best.{k}": _param(v) for k, v in best.best_params.items()},
-            **({"score_temperature": round(temperature, 6)} if temperature else {}),
-        })
+        mlflow.log_params(
+            {
+                "profile": profile["name"],
+                "cv_folds": profile["cv_folds"],
+                "scoring": "f1_weighted",
+                "train_subsets": ",".join(profile["train_subsets"]),
+                "n_train": result.n_train,
+                "families": ",".join(result.families),
+                "best_family": best.family,
+                "dataset_id": manifest["dataset_id"],
+                "dataset_rows": manifest["rows"],
+                **{f"dataset_rows_{k}": v for k, v in manifest["subsets"].items()},
+                **{f"best.{k}": _param(v) for k, v in best.best_params.items()},
+                **({"score_temperature": round(temperature, 6)} if temperature else {}),
+            }
+        )
         train = training_rows(dataset.frame, profile)
         mlflow.log_input(
             mlflow.data.from_pandas(
@@ -154,37 +161,46 @@ def log_training(
             ),
             context="training",
         )
-        mlflow.log_metrics({
-            "cv_f1_weighted": best.cv_score,
-            "cv_f1_weighted_std": best.cv_std,
-            "search_seconds": result.seconds,
-            "search_peak_rss_mb": result.peak_rss_mb,
-            "refit_seconds": refit_seconds,
-            **{f"cv_f1_weighted.{name}": r.cv_score for name, r in result.families.items()},
-            **{f"search_seconds.{name}": r.seconds for name, r in result.families.items()},
-        })
+        mlflow.log_metrics(
+            {
+                "cv_f1_weighted": best.cv_score,
+                "cv_f1_weighted_std": best.cv_std,
+                "search_seconds": result.seconds,
+                "search_peak_rss_mb": result.peak_rss_mb,
+                "refit_seconds": refit_seconds,
+                **{f"cv_f1_weighted.{name}": r.cv_score for name, r in result.families.items()},
+                **{f"search_seconds.{name}": r.seconds for name, r in result.families.items()},
+            }
+        )
         for name, family in result.families.items():
             with mlflow.start_run(
                 experiment_id=experiment_ref, run_name=name, nested=True, tags={"family": name}
             ):
                 spec = profile["families"][name]
-                mlflow.log_params({
-                    "family": name,
-                    "search": family.search,
-                    "n_candidates": family.n_candidates,
-                    "n_fits": family.n_fits,
-                    "grid": json.dumps(spec.get("grid", {}), default=str)[:6000],
-                    "fixed": json.dumps(spec.get("fixed", {}), default=str)[:6000],
-                    **({"n_resources": ",".join(map(str, family.n_resources))}
-                       if family.n_resources else {}),
-                    **{f"best.{k}": _param(v) for k, v in family.best_params.items()},
-                })
-                mlflow.log_metrics({
-                    "cv_f1_weighted": family.cv_score,
-                    "cv_f1_weighted_std": family.cv_std,
-                    "seconds": family.seconds,
-                    "peak_rss_mb": family.peak_rss_mb,
-                })
+                mlflow.log_params(
+                    {
+                        "family": name,
+                        "search": family.search,
+                        "n_candidates": family.n_candidates,
+                        "n_fits": family.n_fits,
+                        "grid": json.dumps(spec.get("grid", {}), default=str)[:6000],
+                        "fixed": json.dumps(spec.get("fixed", {}), default=str)[:6000],
+                        **(
+                            {"n_resources": ",".join(map(str, family.n_resources))}
+                            if family.n_resources
+                            else {}
+                        ),
+                        **{f"best.{k}": _param(v) for k, v in family.best_params.items()},
+                    }
+                )
+                mlflow.log_metrics(
+                    {
+                        "cv_f1_weighted": family.cv_score,
+                        "cv_f1_weighted_std": family.cv_std,
+                        "seconds": family.seconds,
+                        "peak_rss_mb": family.peak_rss_mb,
+                    }
+                )
                 table = family.cv_results.copy()
                 table["params"] = table["params"].map(lambda p: json.dumps(p, default=str))
                 mlflow.log_text(table.to_csv(index=False), "cv_results.csv")
@@ -195,7 +211,9 @@ def log_training(
         mlflow.log_text(yaml.safe_dump(profile, sort_keys=False), "profile.yaml")
         example = train[INPUT_COLUMNS].head(5).reset_index(drop=True).fillna("")
         example = example.astype({"designation": str, "description": str})
-        signature = infer_signature(example, pd.Series(pipeline.predict(example), name="prdtypecode"))
+        signature = infer_signature(
+            example, pd.Series(pipeline.predict(example), name="prdtypecode")
+        )
         info = mlflow.sklearn.log_model(
             pipeline,
             name=MODEL_ARTIFACT,
@@ -290,8 +308,11 @@ def register(settings: Settings, run_id: str, model_name: str | None = None):
     if existing:
         return max(existing, key=lambda v: int(v.version))
     run = mlflow_client.get_run(run_id)
-    tags = {key: run.data.tags[key] for key in ("dataset_id", "test_split_sha256", "best_family")
-            if key in run.data.tags}
+    tags = {
+        key: run.data.tags[key]
+        for key in ("dataset_id", "test_split_sha256", "best_family")
+        if key in run.data.tags
+    }
     return mlflow.register_model(model_uri(settings, run_id), name, tags=tags)
 
 
@@ -317,15 +338,13 @@ def champion_score_on(settings: Settings, champion_version, run) -> tuple[float,
     recorded = champion_run.data.metrics.get("test_f1_weighted")
     if same_split and recorded is not None:
         return float(recorded), "logged on the same test split"
+    import mlflow.sklearn
+
     from rakuten_mlops.evaluate import evaluate
     from rakuten_mlops.preprocess import load_dataset
 
-    import mlflow.sklearn
-
     dataset = load_dataset(settings, run.data.tags["dataset_id"])
-    model = mlflow.sklearn.load_model(
-        f"models:/{champion_version.name}/{champion_version.version}"
-    )
+    model = mlflow.sklearn.load_model(f"models:/{champion_version.name}/{champion_version.version}")
     score = evaluate(model, dataset.frame).f1_weighted
     return score, "re-scored on this run's test split (the champion's run used another one)"
 
@@ -356,18 +375,25 @@ def promote(
         champion_f1, comparison = champion_score_on(settings, current, run)
         if score > champion_f1:
             promoted = True
-            reason = (f"test weighted F1 {score:.4f} beats champion v{current.version}'s "
-                      f"{champion_f1:.4f} ({comparison})")
+            reason = (
+                f"test weighted F1 {score:.4f} beats champion v{current.version}'s "
+                f"{champion_f1:.4f} ({comparison})"
+            )
         else:
             promoted = False
-            reason = (f"test weighted F1 {score:.4f} does not beat champion v{current.version}'s "
-                      f"{champion_f1:.4f} ({comparison}): stays a challenger")
+            reason = (
+                f"test weighted F1 {score:.4f} does not beat champion v{current.version}'s "
+                f"{champion_f1:.4f} ({comparison}): stays a challenger"
+            )
     alias = settings.model_alias if promoted else CHALLENGER_ALIAS
     mlflow_client.set_registered_model_alias(name, alias, version.version)
     if promoted:
         # A promoted version is nobody's challenger any more.
         try:
-            if mlflow_client.get_model_version_by_alias(name, CHALLENGER_ALIAS).version == version.version:
+            if (
+                mlflow_client.get_model_version_by_alias(name, CHALLENGER_ALIAS).version
+                == version.version
+            ):
                 mlflow_client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
         except Exception:  # noqa: BLE001 - no challenger alias
             pass
@@ -387,12 +413,14 @@ def promote(
     if promoted and export:
         result.exported = str(export_champion(settings, name))
     with mlflow.start_run(run_id=run_id):
-        mlflow.set_tags({
-            "stage": "promoted" if promoted else "challenger",
-            "promotion_decision": alias,
-            "promotion_reason": reason[:5000],
-            "registered_version": str(version.version),
-        })
+        mlflow.set_tags(
+            {
+                "stage": "promoted" if promoted else "challenger",
+                "promotion_decision": alias,
+                "promotion_reason": reason[:5000],
+                "registered_version": str(version.version),
+            }
+        )
         if champion_f1 is not None:
             mlflow.log_metric("champion_test_f1_weighted_before", champion_f1)
         mlflow.log_dict(result.as_dict(), "promotion.json")
@@ -400,12 +428,15 @@ def promote(
     # and alias, so a retried promote task records the same decision once.
     from rakuten_mlops.monitoring import record_promotion
 
-    record_promotion(settings, {
-        **result.as_dict(),
-        "cv_f1_weighted": run.data.metrics.get("cv_f1_weighted"),
-        "best_family": run.data.tags.get("best_family"),
-        "dataset_id": run.data.tags.get("dataset_id"),
-    })
+    record_promotion(
+        settings,
+        {
+            **result.as_dict(),
+            "cv_f1_weighted": run.data.metrics.get("cv_f1_weighted"),
+            "best_family": run.data.tags.get("best_family"),
+            "dataset_id": run.data.tags.get("dataset_id"),
+        },
+    )
     return result
 
 
@@ -422,7 +453,7 @@ def champion_summary(settings: Settings, model_name: str | None = None) -> dict[
         "family": tags.get("best_family", "?"),
         "profile": tags.get("profile", "?"),
         "trained on": f"dataset {tags.get('dataset_id', '?')} "
-                      f"({run.data.params.get('n_train', '?')} training products)",
+        f"({run.data.params.get('n_train', '?')} training products)",
     }
     for key in ("cv_f1_weighted", "test_f1_weighted", "test_accuracy", "baseline_test_f1_weighted"):
         if key in metrics:
@@ -464,7 +495,9 @@ def export_champion(settings: Settings, model_name: str | None = None) -> Path:
     model = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
     model_file, meta_file = export_paths(settings, name)
     model_file.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=model_file.parent, suffix=".joblib.tmp", delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(
+        dir=model_file.parent, suffix=".joblib.tmp", delete=False
+    ) as tmp:
         joblib.dump(model, tmp.name)
         digest = hashlib.sha256(Path(tmp.name).read_bytes()).hexdigest()
     os.replace(tmp.name, model_file)
@@ -488,8 +521,15 @@ def export_champion(settings: Settings, model_name: str | None = None) -> Path:
         "label_mapping": mapping,
         "training_data": {
             key: manifest.get(key)
-            for key in ("dataset_id", "sha256", "rows", "subsets", "load_batches",
-                        "test_split_sha256", "s3_uri")
+            for key in (
+                "dataset_id",
+                "sha256",
+                "rows",
+                "subsets",
+                "load_batches",
+                "test_split_sha256",
+                "s3_uri",
+            )
         },
         "promotion": (version.tags or {}).get("promotion"),
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Literal, get_args
 from urllib.parse import quote
 

@@ -55,7 +55,9 @@ def clean_text(
     return " ".join(token for token in tokens if token not in stopwords)
 
 
-def nltk_stopwords(nltk_data_dir: str | Path, languages: Iterable[str] = DEFAULT_LANGUAGES) -> list[str]:
+def nltk_stopwords(
+    nltk_data_dir: str | Path, languages: Iterable[str] = DEFAULT_LANGUAGES
+) -> list[str]:
     """NLTK's stopword lists, read from the project's own copy of the corpus (never downloaded).
 
     `nltk_data_dir` must hold `corpora/stopwords.zip`.
@@ -85,10 +87,12 @@ def _read_stopwords(folder: str, languages: tuple[str, ...]) -> tuple[str, ...]:
 
 def combine(frame: pd.DataFrame) -> pd.Series:
     """designation + description as one raw string per product (description may be missing)."""
-    description = frame["description"] if "description" in frame else ""
-    return frame["designation"].fillna("").astype(str) + " " + pd.Series(
-        description, index=frame.index
-    ).fillna("").astype(str)
+    description = frame.get("description", "")
+    return (
+        frame["designation"].fillna("").astype(str)
+        + " "
+        + pd.Series(description, index=frame.index).fillna("").astype(str)
+    )
 
 
 def normalised_text(text: object, strip_accents: bool = True) -> str:

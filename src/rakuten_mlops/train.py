@@ -11,6 +11,7 @@ subset: no database, no MLflow (those are `data.py` and `registry.py`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -72,7 +73,9 @@ def validate_profile(profile: dict[str, Any]) -> dict[str, Any]:
         spec.setdefault("search", "grid")
         spec.setdefault("grid", {})
         if spec["search"] not in ("grid", "halving"):
-            raise ValueError(f"{family}: search must be `grid` or `halving`, not {spec['search']!r}")
+            raise ValueError(
+                f"{family}: search must be `grid` or `halving`, not {spec['search']!r}"
+            )
     return profile
 
 
@@ -188,7 +191,10 @@ def _as_grid(family: str, grid: dict[str, list]) -> dict[str, list]:
 
     if not grid:
         return {}
-    return {key: [_yaml_value(v) for v in values] for key, values in pipeline_params(family, grid).items()}
+    return {
+        key: [_yaml_value(v) for v in values]
+        for key, values in pipeline_params(family, grid).items()
+    }
 
 
 def _yaml_value(value):
@@ -233,8 +239,14 @@ def search_family(
 
 
 _RESULT_COLUMNS = {
-    "params", "mean_test_score", "std_test_score", "rank_test_score",
-    "mean_fit_time", "mean_score_time", "iter", "n_resources",
+    "params",
+    "mean_test_score",
+    "std_test_score",
+    "rank_test_score",
+    "mean_fit_time",
+    "mean_score_time",
+    "iter",
+    "n_resources",
 }
 
 
@@ -258,12 +270,16 @@ def search(
     try:
         with PeakMemory() as peak:
             for family in families:
-                report(f"searching {family} ({profile['families'][family]['search']}) "
-                       f"on {len(rows)} rows, {profile['cv_folds']} folds")
+                report(
+                    f"searching {family} ({profile['families'][family]['search']}) "
+                    f"on {len(rows)} rows, {profile['cv_folds']} folds"
+                )
                 results[family] = search_family(family, rows, profile, memory=cache)
                 result = results[family]
-                report(f"  {family}: cv f1_weighted {result.cv_score:.4f} "
-                       f"± {result.cv_std:.4f} in {result.seconds:.0f}s with {result.best_params}")
+                report(
+                    f"  {family}: cv f1_weighted {result.cv_score:.4f} "
+                    f"± {result.cv_std:.4f} in {result.seconds:.0f}s with {result.best_params}"
+                )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return SearchResult(
@@ -322,10 +338,8 @@ class PeakMemory:
             try:
                 total = me.memory_info().rss
                 for child in me.children(recursive=True):
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         total += child.memory_info().rss
-                    except psutil.Error:
-                        pass
                 self.mb = max(self.mb, total / 2**20)
             except psutil.Error:
                 pass
@@ -376,12 +390,16 @@ def run_train(
     report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
     result = search(dataset.frame, profile, families, report=report)
     best = result.best
-    report(f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
-           f"{result.n_train} rows")
+    report(
+        f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
+        f"{result.n_train} rows"
+    )
     started = time.perf_counter()
     pipeline = refit(dataset.frame, best, profile)
     refit_seconds = time.perf_counter() - started
-    temperature = score_temperature(pipeline, dataset.frame, profile.get("calibration_subset", "validation"))
+    temperature = score_temperature(
+        pipeline, dataset.frame, profile.get("calibration_subset", "validation")
+    )
     run_id = registry.log_training(
         settings,
         dataset=dataset,

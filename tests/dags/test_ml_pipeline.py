@@ -14,6 +14,7 @@ container (same arguments, last output line pushed to XCom).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,15 +45,19 @@ def ml_lake(settings, lake_database, sample_dir, tmp_path):
     from rakuten_mlops import registry
 
     name = f"test-dag-{uuid.uuid4().hex[:8]}"
-    lake = lakehelpers.Lake(settings.model_copy(update={
-        "postgres_db": lake_database,
-        "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
-        "raw_data_dir": sample_dir,
-        "model_name": name,
-        "mlflow_experiment": name,
-        "models_dir": tmp_path / "models",
-        "processed_data_dir": tmp_path / "processed_data",
-    }))
+    lake = lakehelpers.Lake(
+        settings.model_copy(
+            update={
+                "postgres_db": lake_database,
+                "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
+                "raw_data_dir": sample_dir,
+                "model_name": name,
+                "mlflow_experiment": name,
+                "models_dir": tmp_path / "models",
+                "processed_data_dir": tmp_path / "processed_data",
+            }
+        )
+    )
     lake.reset()
     loaded = lake.cli("ingest")
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -60,18 +65,22 @@ def ml_lake(settings, lake_database, sample_dir, tmp_path):
         (tmp_path / f"{profile['name']}.yaml").write_text(yaml.safe_dump(profile))
     yield lake, tmp_path
     client = registry.client(lake.settings)
-    try:
+    # A failed test may not have registered it.
+    with contextlib.suppress(Exception):
         client.delete_registered_model(name)
-    except Exception:  # noqa: BLE001 - a failed test may not have registered it
-        pass
     if experiment := client.get_experiment_by_name(name):
         client.delete_experiment(experiment.experiment_id)
 
 
 def ml_env(lake) -> dict[str, str]:
     s = lake.settings
-    return {**lake.env, "MODEL_NAME": s.model_name, "MLFLOW_EXPERIMENT": s.mlflow_experiment,
-            "MODELS_DIR": str(s.models_dir), "PROCESSED_DATA_DIR": str(s.processed_data_dir)}
+    return {
+        **lake.env,
+        "MODEL_NAME": s.model_name,
+        "MLFLOW_EXPERIMENT": s.mlflow_experiment,
+        "MODELS_DIR": str(s.models_dir),
+        "PROCESSED_DATA_DIR": str(s.processed_data_dir),
+    }
 
 
 def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = None):
@@ -82,8 +91,9 @@ def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = No
     command = [str(Path(venv_bin()) / "airflow"), "dags", "test", dag_id]
     if conf:
         command += ["--conf", json.dumps(conf)]
-    return subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True,
-                          timeout=1200)
+    return subprocess.run(
+        command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=1200
+    )
 
 
 def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_lake, settings):
@@ -91,8 +101,9 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_
 
     lake, profiles = ml_lake
     name = lake.settings.model_name
-    first = dags_test("ml_pipeline", ml_env(lake), settings,
-                      {"profile": str(profiles / "tiny.yaml")})
+    first = dags_test(
+        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
+    )
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-5000:]
     for task in STAGES:
@@ -110,8 +121,9 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_
     exported = json.loads((lake.settings.models_dir / f"{name}.json").read_text())
     assert (exported["version"], exported["run_id"]) == ("1", champion.run_id)
 
-    second = dags_test("ml_pipeline", ml_env(lake), settings,
-                       {"profile": str(profiles / "worse.yaml")})
+    second = dags_test(
+        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "worse.yaml")}
+    )
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-5000:]
     assert "promotion: challenger: test weighted F1" in log
@@ -148,10 +160,12 @@ def chain(dag):
 print(json.dumps({
     "local": chain(local),
     "docker": chain(docker),
-    "commands": {t.task_id: {"entrypoint": t.entrypoint, "command": t.command,
-                             "image": t.image, "network": t.network_mode,
-                             "env": sorted(t.environment), "private": sorted(t._private_environment)}
-                 for t in docker.tasks if t.task_type == "DockerOperator"},
+    "commands": {
+        t.task_id: {"entrypoint": t.entrypoint, "command": t.command, "image": t.image,
+                    "network": t.network_mode, "env": sorted(t.environment),
+                    "private": sorted(t._private_environment)}
+        for t in docker.tasks if t.task_type == "DockerOperator"
+    },
 }))
 """
 
@@ -160,11 +174,20 @@ print(json.dumps({
 def docker_dag(settings) -> dict:
     from rakuten_mlops.localstack.services import airflow_env
 
-    env = {**os.environ, **airflow_env(settings), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "POSTGRES_HOST": "postgres",
-           "POSTGRES_PASSWORD": "a-secret-password"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(PROJECT / "dags")], env=env,
-                            capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        **airflow_env(settings),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "POSTGRES_HOST": "postgres",
+        "POSTGRES_PASSWORD": "a-secret-password",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(PROJECT / "dags")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

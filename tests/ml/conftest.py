@@ -13,6 +13,7 @@ import pytest
 PROJECT = Path(__file__).resolve().parents[2]
 SAMPLE = PROJECT / "raw_data"
 
+
 @pytest.fixture(scope="session")
 def sample_frame():
     """The shipped sample's labelled products, split like the lake splits (70/15/15)."""

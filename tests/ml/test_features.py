@@ -26,11 +26,15 @@ CHEAP_PARAMS = {
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_is_one_pipeline_from_raw_text_to_product_codes(family, sample_frame, nltk_dir):
-    pipeline = build_pipeline(family, CHEAP_PARAMS[family], CHEAP, select_k=300,
-                              nltk_data_dir=nltk_dir)
+    pipeline = build_pipeline(
+        family, CHEAP_PARAMS[family], CHEAP, select_k=300, nltk_data_dir=nltk_dir
+    )
     assert isinstance(pipeline, Pipeline)
-    expected = ["clean", "tfidf", "select", "clf"] if family in ("random_forest", "xgboost") else [
-        "clean", "tfidf", "clf"]
+    expected = (
+        ["clean", "tfidf", "select", "clf"]
+        if family in ("random_forest", "xgboost")
+        else ["clean", "tfidf", "clf"]
+    )
     assert [name for name, _ in pipeline.steps] == expected
     train = sample_frame[sample_frame["subset"] == "train"].head(600)
     X, y = split_xy(train)  # noqa: N806
@@ -52,7 +56,9 @@ def test_short_grid_keys_map_to_the_estimator_of_each_family():
 def test_feature_parts_can_be_changed_or_left_out():
     features = make_features({"char": None, "title": {"column": "title", "analyzer": "char_wb"}})
     assert [(name, column) for name, _, column in features.transformers] == [
-        ("word", "words"), ("title", "title")]
+        ("word", "words"),
+        ("title", "title"),
+    ]
     with pytest.raises(ValueError, match="no TF-IDF part"):
         make_features({"word": None, "char": None})
 

@@ -56,13 +56,19 @@ def test_labelled_products_are_read_from_the_lake_with_their_stored_split(db):
     schema.migrate(db)
     # Inside a transaction that is always rolled back: other suites share this database.
     with db.transaction(force_rollback=True):
-        db.execute("INSERT INTO categories VALUES (10, 'Livres'), (40, 'Jeux') ON CONFLICT DO NOTHING")
+        db.execute(
+            "INSERT INTO categories VALUES (10, 'Livres'), (40, 'Jeux') ON CONFLICT DO NOTHING"
+        )
         batch = db.execute(
             "INSERT INTO load_batches (run_id, source_dir, slice_spec, status)"
             " VALUES ('test-ml-loader', '/tmp', 'all', 'succeeded') RETURNING batch_id"
         ).fetchone()[0]
-        rows = [(990000001, "Livre A", None, 10, "train"), (990000002, "Jeu B", "<b>x</b>", 40, "test"),
-                (990000003, "Sans label", None, None, None), (990000004, "Sans split", None, 10, None)]
+        rows = [
+            (990000001, "Livre A", None, 10, "train"),
+            (990000002, "Jeu B", "<b>x</b>", 40, "test"),
+            (990000003, "Sans label", None, None, None),
+            (990000004, "Sans split", None, 10, None),
+        ]
         for productid, designation, description, code, subset in rows:
             db.execute(
                 "INSERT INTO products (productid, imageid, source_split, source_row, source_line,"
@@ -75,12 +81,14 @@ def test_labelled_products_are_read_from_the_lake_with_their_stored_split(db):
                 db.execute("INSERT INTO dataset_split VALUES (%s, %s, 42)", (productid, subset))
         frame = load_labelled_products(db)
         mine = frame[frame["productid"] >= 990000000].reset_index(drop=True)
-    expected = pd.DataFrame({
-        "productid": [990000001, 990000002],
-        "designation": ["Livre A", "Jeu B"],
-        "description": [None, "<b>x</b>"],
-        "prdtypecode": [10, 40],
-        "subset": ["train", "test"],
-    })
+    expected = pd.DataFrame(
+        {
+            "productid": [990000001, 990000002],
+            "designation": ["Livre A", "Jeu B"],
+            "description": [None, "<b>x</b>"],
+            "prdtypecode": [10, 40],
+            "subset": ["train", "test"],
+        }
+    )
     pd.testing.assert_frame_equal(mine[expected.columns], expected, check_dtype=False)
     assert (mine["product_batch_id"] == batch).all()

@@ -8,6 +8,7 @@ experiment and model name, deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import uuid
@@ -30,18 +31,19 @@ def ml_settings(stack, settings, tmp_path_factory):
 
     name = f"test-ml-{uuid.uuid4().hex[:8]}"
     folder = tmp_path_factory.mktemp("ml")
-    ml = settings.model_copy(update={
-        "model_name": name,
-        "mlflow_experiment": name,
-        "models_dir": folder / "models",
-        "processed_data_dir": folder / "processed",
-    })
+    ml = settings.model_copy(
+        update={
+            "model_name": name,
+            "mlflow_experiment": name,
+            "models_dir": folder / "models",
+            "processed_data_dir": folder / "processed",
+        }
+    )
     yield ml
     client = registry.client(ml)
-    try:
+    # A failed test may not have registered it.
+    with contextlib.suppress(Exception):
         client.delete_registered_model(name)
-    except Exception:  # noqa: BLE001 - a failed test may not have registered it
-        pass
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         client.delete_experiment(experiment.experiment_id)
@@ -86,23 +88,35 @@ def test_a_run_logs_search_data_version_model_and_evaluation(ml_settings, first,
     assert run.data.tags["test_split_sha256"] == dataset.manifest["test_split_sha256"]
     assert run.data.params["best_family"] == run.data.tags["best_family"]
     assert run.data.params["dataset_rows_train"] == str(dataset.manifest["subsets"]["train"])
-    for key in ("cv_f1_weighted", "search_seconds", "refit_seconds", "test_f1_weighted",
-                "test_accuracy", "baseline_test_f1_weighted"):
+    for key in (
+        "cv_f1_weighted",
+        "search_seconds",
+        "refit_seconds",
+        "test_f1_weighted",
+        "test_accuracy",
+        "baseline_test_f1_weighted",
+    ):
         assert key in run.data.metrics, key
     assert metrics["test_f1_weighted"] == pytest.approx(run.data.metrics["test_f1_weighted"])
     assert run.inputs.dataset_inputs[0].dataset.digest == dataset.manifest["sha256"][:16]
-    children = client.search_runs(
-        [run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'"
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert sorted(child.data.tags["family"] for child in children) == sorted(
+        TINY_PROFILE["families"]
     )
-    assert sorted(child.data.tags["family"] for child in children) == sorted(TINY_PROFILE["families"])
     for child in children:
         assert "cv_f1_weighted" in child.data.metrics
         table = mlflow.artifacts.load_text(f"runs:/{child.info.run_id}/cv_results.csv")
         assert len(table.strip().splitlines()) >= 3  # header + two candidates
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
-        a.path for a in client.list_artifacts(run_id, "evaluation")}
-    assert {"label_mapping.json", "dataset_manifest.json", "profile.yaml",
-            "evaluation/confusion_matrix.png", "evaluation/per_class_report.csv"} <= artifacts
+        a.path for a in client.list_artifacts(run_id, "evaluation")
+    }
+    assert {
+        "label_mapping.json",
+        "dataset_manifest.json",
+        "profile.yaml",
+        "evaluation/confusion_matrix.png",
+        "evaluation/per_class_report.csv",
+    } <= artifacts
     mapping = mlflow.artifacts.load_dict(f"runs:/{run_id}/label_mapping.json")
     assert len(mapping["classes"]) == 27 and mapping["categories"]["10"]
 
@@ -176,10 +190,18 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     with connect(ml_settings) as conn:
         recorded = conn.execute(
             "SELECT version, alias, promoted, best_family FROM model_promotions"
-            " WHERE model_name = %s ORDER BY version", (name,)).fetchall()
-    assert recorded == [(first_promotion.version, "champion", True,
-                         client.get_run(first_run).data.tags["best_family"]),
-                        (promotion.version, "challenger", False, "random_forest")]
+            " WHERE model_name = %s ORDER BY version",
+            (name,),
+        ).fetchall()
+    assert recorded == [
+        (
+            first_promotion.version,
+            "champion",
+            True,
+            client.get_run(first_run).data.tags["best_family"],
+        ),
+        (promotion.version, "challenger", False, "random_forest"),
+    ]
 
     # Promoting the same run again registers nothing new and decides the same.
     again = registry.promote(ml_settings, run_id)

@@ -78,10 +78,12 @@ def test_a_missing_corpus_is_a_clear_error(tmp_path):
 
 
 def test_the_cleaner_outputs_three_views(nltk_dir):
-    frame = pd.DataFrame({
-        "designation": ["Le Petit Prince", "Console PS4"],
-        "description": ["<p>Un livre pour les enfants.</p>", None],
-    })
+    frame = pd.DataFrame(
+        {
+            "designation": ["Le Petit Prince", "Console PS4"],
+            "description": ["<p>Un livre pour les enfants.</p>", None],
+        }
+    )
     views = TextCleaner(nltk_data_dir=nltk_dir, max_chars=20).fit(frame).transform(frame)
     assert list(views.columns) == ["words", "chars", "title"]
     assert views["words"].tolist() == ["petit prince livre enfants", "console ps4"]

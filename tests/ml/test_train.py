@@ -54,7 +54,7 @@ def tiny_search(sample_frame):
 def test_search_covers_every_family_on_the_training_rows_only(tiny_search, sample_frame):
     assert set(tiny_search.families) == set(FAMILIES)
     assert tiny_search.n_train == (sample_frame["subset"] == "train").sum()
-    for name, result in tiny_search.families.items():
+    for result in tiny_search.families.values():
         assert 0.0 < result.cv_score <= 1.0
         assert result.n_candidates == 2
         table = result.cv_results

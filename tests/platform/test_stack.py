@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import psutil
@@ -187,7 +188,7 @@ def test_mlflow_stores_artifacts_in_the_s3_store(stack, settings, s3, tmp_path):
     client.log_artifact(run.info.run_id, str(note))
     client.set_terminated(run.info.run_id)
     downloaded = client.download_artifacts(run.info.run_id, "note.txt", str(tmp_path / "back"))
-    assert open(downloaded).read() == "artifact round trip"
+    assert Path(downloaded).read_text() == "artifact round trip"
     keys = [
         obj.object_name
         for obj in s3.list_objects(settings.s3_bucket_mlflow, recursive=True)

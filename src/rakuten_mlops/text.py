@@ -143,20 +143,36 @@ class TextCleaner(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> pd.DataFrame:  # noqa: N803
-        stop, strip = self.stopwords_, self.strip_accents
+        # Plain lists, one normalisation per text: this runs on every served request,
+        # where pandas string methods cost more than the cleaning itself.
+        stop, strip, limit = self.stopwords_, self.strip_accents, self.max_chars
         frame = as_frame(X)
-        texts = combine(frame)
+        titles = [_as_text(value) for value in frame["designation"].tolist()]
+        if "description" in frame:
+            descriptions = [_as_text(value) for value in frame["description"].tolist()]
+        else:
+            descriptions = [""] * len(titles)
+        words, chars = [], []
+        for title, description in zip(titles, descriptions, strict=True):
+            normal = normalise(f"{title} {description}", strip)
+            words.append(" ".join(t for t in _TOKEN.findall(normal) if t not in stop))
+            chars.append(" ".join(normal.split())[:limit])
         return pd.DataFrame(
             {
-                "words": [clean_text(text, stop, strip) for text in texts],
-                "chars": [normalised_text(text, strip)[: self.max_chars] for text in texts],
-                "title": [normalised_text(text, strip) for text in frame["designation"]],
+                "words": words,
+                "chars": chars,
+                "title": [" ".join(normalise(title, strip).split()) for title in titles],
             },
             dtype=object,
         )
 
     def get_feature_names_out(self, input_features=None):
         return np.array(["words", "chars", "title"], dtype=object)
+
+
+def _as_text(value: object) -> str:
+    """A cell as text: missing values (None, NaN, pd.NA) are ""."""
+    return "" if value is None or value is pd.NA or value != value else str(value)
 
 
 def as_frame(X) -> pd.DataFrame:  # noqa: N803

@@ -102,3 +102,15 @@ def test_the_fitted_cleaner_needs_no_corpus_and_accepts_plain_inputs(nltk_dir, t
     )
     with pytest.raises(ValueError, match="designation"):
         cleaner.transform(pd.DataFrame({"title": ["x"]}))
+
+
+def test_the_cleaners_views_are_the_pure_functions_on_every_real_product(nltk_dir, sample_frame):
+    from rakuten_mlops.text import combine
+
+    cleaner = TextCleaner(nltk_data_dir=nltk_dir, max_chars=300).fit(sample_frame)
+    views = cleaner.transform(sample_frame)
+    texts = combine(sample_frame)
+    stop = cleaner.stopwords_
+    assert views["words"].tolist() == [clean_text(text, stop) for text in texts]
+    assert views["chars"].tolist() == [normalised_text(text)[:300] for text in texts]
+    assert views["title"].tolist() == [normalised_text(t) for t in sample_frame["designation"]]

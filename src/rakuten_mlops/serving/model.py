@@ -322,12 +322,17 @@ def champion_version(settings: Settings):
 
 def load_registry_version(settings: Settings, version) -> LoadedModel:
     """Download and load one registered version, with its run's metrics and data."""
+    import mlflow
     import mlflow.sklearn
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
     uri = settings.tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # MLflow 3 resolves a models:/ URI through the process-wide registry URI, whatever
+    # download_artifacts is passed (without this, a fresh process asks a local sqlite).
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     with tempfile.TemporaryDirectory(prefix="rakuten-model-") as folder:
         local = download_artifacts(
             artifact_uri=f"models:/{version.name}/{version.version}",

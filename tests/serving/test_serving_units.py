@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
-from serving_support import ADMIN_KEY, CLIENT_KEY, project_pipeline
+from serving_support import ADMIN_KEY, CLIENT_KEY, SAMPLE_DATA, project_pipeline
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -102,6 +102,32 @@ def test_decision_function_model_gets_a_softmax_score():
     decision = svc.decision_function(pd.DataFrame({"designation": ["Jeu PS4 FIFA neuf"]}))
     assert [code for code, _ in top] == [int(svc.classes_[i]) for i in np.argsort(-decision[0])]
     assert sum(p for _, p in top) == pytest.approx(1.0)
+
+
+def test_the_project_pipeline_is_served_by_its_own_steps_without_the_machinery():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer as Tfidf
+
+    from rakuten_mlops.serving.model import DirectSteps
+    from rakuten_mlops.train import split_xy
+
+    sample = pd.read_csv(SAMPLE_DATA / "X_train_update.csv", index_col=0).head(300)
+    labels = pd.read_csv(SAMPLE_DATA / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"]
+    sample = sample.assign(prdtypecode=labels.loc[sample.index])
+    X, y = split_xy(sample)  # noqa: N806 - scikit-learn's naming
+    pipeline = project_pipeline(LinearSVC())
+    pipeline.set_params(tfidf=ColumnTransformer(
+        [("word", Tfidf(), "words"), ("char", Tfidf(analyzer="char", ngram_range=(2, 4)), "chars")]
+    )).fit(X, y)
+    model = loaded(pipeline)
+    direct, final = model._steps
+    assert isinstance(direct, DirectSteps)
+    np.testing.assert_array_equal(
+        final.decision_function(direct.transform(X)), pipeline.decision_function(X)
+    )
+    # What the direct path cannot reproduce (a remainder passed through) is left to sklearn.
+    pipeline.set_params(tfidf__remainder="passthrough")
+    assert DirectSteps.wrap(pipeline[:-1]) is None
 
 
 def test_fit_temperature_recovers_the_true_temperature():

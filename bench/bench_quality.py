@@ -194,6 +194,8 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
     from scipy.stats import entropy
     from scipy.stats.contingency import association
 
+    from rakuten_mlops.quality_features import TEXT_NUMERIC
+
     html = re.compile(r"<[a-zA-Z/!][^>]*>|&(?:[a-zA-Z]{2,8}|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
     markup = re.compile(r"<[^>]*>|&#?[0-9a-zA-Z]+;")
     word = re.compile(r"[^\W\d_]+")
@@ -244,14 +246,7 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
         if any(values[m] >= t for m, t in config.thresholds.items()):
             drifted.add(name)
 
-    for name in (
-        "designation_chars",
-        "description_chars",
-        "designation_words",
-        "description_words",
-        "digit_ratio",
-        "uppercase_ratio",
-    ):
+    for name in TEXT_NUMERIC:
         edges = np.unique(np.quantile(ref[name], np.linspace(0, 1, config.bins + 1)[1:-1]))
         bins = np.r_[-np.inf, edges, np.inf]
         compare(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,24 @@ from rakuten_mlops.settings import env_file, get_settings, project_root, render_
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="Local mode: the platform as local processes.")
 app.add_typer(stack_app, name="stack")
+
+
+@contextmanager
+def _exits_on(label: str, *errors: type[Exception]) -> Iterator[None]:
+    """The errors a command expects end it with `label: message` and exit code 1, without
+    a traceback; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except errors as exc:
+        typer.secho(f"{label}: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _log_progress() -> None:
+    """Progress lines of long commands (the library's loggers) on stderr, timestamped."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
 @app.command("init-env")
@@ -47,11 +67,8 @@ def stack_up() -> None:
     from rakuten_mlops.localstack.supervisor import StackError, Supervisor
 
     supervisor = Supervisor(get_settings())
-    try:
+    with _exits_on("make up failed", StackError):
         started = supervisor.up()
-    except StackError as exc:
-        typer.secho(f"make up failed: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(f"started: {', '.join(started) if started else 'nothing (all already running)'}")
     _print_status(supervisor)
 
@@ -124,19 +141,15 @@ def ingest(
 ) -> None:
     """Load the next slice of raw_data/ into the lake (what the prepare_data DAG runs)."""
     import json
-    import logging
 
     from rakuten_mlops.ingest import IngestError, default_run_id, run_ingest
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_progress()
     settings = get_settings()
     if raw_dir is not None:
         settings = settings.model_copy(update={"raw_data_dir": raw_dir.resolve()})
-    try:
+    with _exits_on("ingest failed", IngestError):
         summary = run_ingest(settings, run_id or default_run_id(), slice_spec)
-    except IngestError as exc:
-        typer.secho(f"ingest failed: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -159,11 +172,8 @@ def serve(
     from rakuten_mlops.serving.app import run
     from rakuten_mlops.serving.auth import MissingKeysError
 
-    try:
+    with _exits_on("serve", MissingKeysError):
         run(get_settings(), host, port)
-    except MissingKeysError as exc:
-        typer.secho(f"serve: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
 
 
 @app.command("predict-batch")
@@ -175,17 +185,13 @@ def predict_batch(
 ) -> None:
     """Classify the lake's products with the champion into batch_predictions."""
     import json
-    import logging
 
     from rakuten_mlops.serving.batch import predict_lake
     from rakuten_mlops.serving.model import ModelLoadError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
+    _log_progress()
+    with _exits_on("predict-batch", ModelLoadError):
         summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
-    except ModelLoadError as exc:
-        typer.secho(f"predict-batch: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -196,11 +202,8 @@ def demo_predict_command(
     """Call the running API's /predict on a few real products and print the answers."""
     from rakuten_mlops.serving.client import DemoError, demo_predict
 
-    try:
+    with _exits_on("demo-predict", DemoError):
         demo_predict(get_settings(), count)
-    except DemoError as exc:
-        typer.secho(f"demo-predict: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
 
 
 # ML stages (ml_pipeline DAGs): each reads its inputs by reference and prints, as its
@@ -214,11 +217,8 @@ def preprocess_command(
     """Freeze the lake's labelled products and split as a dataset version; print its id."""
     from rakuten_mlops.preprocess import prepare_dataset
 
-    try:
+    with _exits_on("preprocess", ValueError):
         dataset = prepare_dataset(get_settings(), upload=upload)
-    except ValueError as exc:
-        typer.secho(f"preprocess: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     manifest = dataset.manifest
     where = manifest.get("s3_uri") or manifest["local_path"]
     typer.echo(
@@ -284,11 +284,8 @@ def export_model_command() -> None:
     """Write the registry's champion to models/ (joblib + metadata JSON)."""
     from rakuten_mlops.registry import export_champion
 
-    try:
+    with _exits_on("export-model", ValueError):
         path = export_champion(get_settings())
-    except ValueError as exc:
-        typer.secho(f"export-model: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(str(path))
 
 
@@ -300,21 +297,17 @@ def data_quality_command(
     )] = None,
 ) -> None:
     """Drift and quality of new load batches and the day's predictions (the data_quality DAG)."""
-    import logging
     from datetime import UTC, datetime, timedelta
 
     from rakuten_mlops.monitoring import QualityError, run, to_json
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    _log_progress()
     start = (datetime.fromisoformat(date).replace(tzinfo=UTC) if date
              else datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0))
     end = start + timedelta(days=1) if date else datetime.now(UTC)
-    try:
+    with _exits_on("data-quality", QualityError):
         run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
         summary = run(get_settings(), start, end, dag_run_id=run_id)
-    except QualityError as exc:
-        typer.secho(f"data-quality: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(to_json(summary))
 
 
@@ -330,14 +323,11 @@ def publish_dashboards_command(
     """Push config/grafana/dashboards/*.json to an existing Grafana (grafana-client)."""
     from rakuten_mlops.dashboards import PublishError, publish
 
-    try:
+    with _exits_on("publish-dashboards", PublishError):
         published = publish(get_settings(), url=url, folder=folder,
                             datasources={"lake": lake_datasource,
                                          "prometheus": prometheus_datasource},
                             report=typer.echo)
-    except PublishError as exc:
-        typer.secho(f"publish-dashboards: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     typer.echo(f"published {len(published)} dashboard(s)")
 
 
@@ -346,11 +336,8 @@ def champion_command() -> None:
     """Print the registered champion: version, family, test metrics and its MLflow page."""
     from rakuten_mlops.registry import champion_summary
 
-    try:
+    with _exits_on("champion", ValueError):
         summary = champion_summary(get_settings())
-    except ValueError as exc:
-        typer.secho(f"champion: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
     for key, value in summary.items():
         typer.echo(f"  {key:<28} {value}")
 

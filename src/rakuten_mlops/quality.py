@@ -58,6 +58,22 @@ class QualityResult:
     reason: str = ""
     details: dict = field(default_factory=dict)
 
+    @classmethod
+    def judged(
+        cls,
+        metric: str,
+        value: float,
+        threshold: float | None,
+        n: int,
+        too_little: str = "",
+        details: dict | None = None,
+    ) -> QualityResult:
+        """A computed value, a breach when above `threshold`, unless `too_little` says why
+        the window cannot tell (then it is never flagged)."""
+        enough = not too_little
+        breach = enough and _above(value, threshold)
+        return cls(metric, value, threshold, breach, n, enough, too_little, details or {})
+
 
 @dataclass(frozen=True)
 class BasicStats:
@@ -83,8 +99,8 @@ def _finite(values) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _enough(n: int, min_rows: int) -> tuple[bool, str]:
-    return (True, "") if n >= min_rows else (False, f"{n} rows < {min_rows}")
+def _too_few(n: int, min_rows: int) -> str:
+    return "" if n >= min_rows else f"{n} rows < {min_rows}"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -112,16 +128,8 @@ def empty_ratio(
         return QualityResult("empty_ratio", math.nan, threshold, False, 0, False, "no rows")
     empty = int(empty_mask.sum())
     value = empty / n
-    enough, reason = _enough(n, min_rows)
-    return QualityResult(
-        "empty_ratio",
-        value,
-        threshold,
-        enough and _above(value, threshold),
-        n,
-        enough,
-        reason,
-        {"empty": empty},
+    return QualityResult.judged(
+        "empty_ratio", value, threshold, n, _too_few(n, min_rows), {"empty": empty}
     )
 
 
@@ -135,15 +143,12 @@ def duplicate_ratio(
         return QualityResult("duplicate_ratio", math.nan, threshold, False, 0, False, "no rows")
     distinct = int(series.nunique(dropna=False))
     value = (n - distinct) / n
-    enough, reason = _enough(n, min_rows)
-    return QualityResult(
+    return QualityResult.judged(
         "duplicate_ratio",
         value,
         threshold,
-        enough and _above(value, threshold),
         n,
-        enough,
-        reason,
+        _too_few(n, min_rows),
         {"duplicates": n - distinct, "distinct": distinct},
     )
 
@@ -185,16 +190,8 @@ def outlier_ratio(
     details = {"low": low, "high": high, "k": k, "outliers": outside}
     if reference is not None:
         details["reference_ratio"] = float(np.mean((base < low) | (base > high)))
-    enough, reason = _enough(n, min_rows)
-    return QualityResult(
-        "outlier_ratio",
-        value,
-        threshold,
-        enough and _above(value, threshold),
-        n,
-        enough,
-        reason,
-        details,
+    return QualityResult.judged(
+        "outlier_ratio", value, threshold, n, _too_few(n, min_rows), details
     )
 
 
@@ -222,16 +219,8 @@ def class_imbalance_ratio(
     }
     if expected is not None:
         details["missing"] = sorted(str(c) for c in set(expected) - set(counts.index))
-    enough, reason = _enough(n, min_rows)
-    return QualityResult(
-        "class_imbalance_ratio",
-        value,
-        threshold,
-        enough and _above(value, threshold),
-        n,
-        enough,
-        reason,
-        details,
+    return QualityResult.judged(
+        "class_imbalance_ratio", value, threshold, n, _too_few(n, min_rows), details
     )
 
 
@@ -293,16 +282,8 @@ def emptiness_association(
         reasons.append(f"{n} rows < {min_rows}")
     if min(empties, n - empties) < min_empty:
         reasons.append(f"only {min(empties, n - empties)} rows on one side (< {min_empty})")
-    enough = not reasons
-    return QualityResult(
-        "emptiness_association",
-        value,
-        threshold,
-        enough and _above(value, threshold),
-        n,
-        enough,
-        "; ".join(reasons),
-        details,
+    return QualityResult.judged(
+        "emptiness_association", value, threshold, n, "; ".join(reasons), details
     )
 
 

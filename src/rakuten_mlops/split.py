@@ -22,6 +22,8 @@ from collections.abc import Iterable, Mapping
 
 import psycopg
 
+from rakuten_mlops.storage import copy_rows
+
 SUBSETS = ("train", "validation", "test")
 
 
@@ -104,9 +106,6 @@ def assign_split(
             new_counts[subset] += 1
             rows.append((productid, subset, seed))
     if rows:
-        with conn.cursor() as cur, cur.copy(
-            "COPY dataset_split (productid, subset, seed) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
+        with conn.cursor() as cur:
+            copy_rows(cur, "COPY dataset_split (productid, subset, seed) FROM STDIN", rows)
     return new_counts

@@ -7,7 +7,7 @@ mode (SeaweedFS) and compose mode (MinIO) differ only in settings.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
@@ -28,6 +28,13 @@ def connect(settings: Settings | None = None, database: str | None = None, **kwa
         connect_timeout=kwargs.pop("connect_timeout", 5),
         **kwargs,
     )
+
+
+def copy_rows(cursor: psycopg.Cursor, statement: str, rows: Iterable[Sequence]) -> None:
+    """Stream `rows` into PostgreSQL with one `COPY ... FROM STDIN` statement."""
+    with cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 @contextmanager

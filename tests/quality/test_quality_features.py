@@ -60,7 +60,7 @@ def test_word_counts_split_on_pythons_whitespace():
 
 
 def test_features_equal_what_the_inference_log_records(sample, guesser, settings):
-    from rakuten_mlops.serving.inference_log import Entry, features
+    from rakuten_mlops.serving.inference_log import COLUMNS, Entry, features
 
     rows = sample.iloc[:300]
     mine = qf.language_guesser(settings.path(settings.nltk_data_dir))  # the job's, NLTK-free
@@ -83,31 +83,18 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
             1,
             1.0,
         )
-        logged = dict(
-            zip(
-                (
-                    "designation_chars",
-                    "description_chars",
-                    "designation_words",
-                    "description_words",
-                    "has_html",
-                    "language",
-                    "text_sha256",
-                ),
-                features(entry, guesser)[11:18],
-                strict=True,
-            )
-        )
-        mine = ours.iloc[i]
-        assert logged == {
-            "designation_chars": mine["designation_chars"],
-            "description_chars": mine["description_chars"],
-            "designation_words": mine["designation_words"],
-            "description_words": mine["description_words"],
-            "has_html": mine["has_html"],
-            "language": mine["language"],
-            "text_sha256": mine["text_key"],
-        }, i
+        recorded = dict(zip(COLUMNS, features(entry, guesser), strict=True))
+        job = ours.iloc[i]
+        expected = {
+            "designation_chars": job["designation_chars"],
+            "description_chars": job["description_chars"],
+            "designation_words": job["designation_words"],
+            "description_words": job["description_words"],
+            "has_html": job["has_html"],
+            "language": job["language"],
+            "text_sha256": job["text_key"],
+        }
+        assert {name: recorded[name] for name in expected} == expected, i
 
 
 def test_stopwords_are_nltks_without_importing_nltk(settings):

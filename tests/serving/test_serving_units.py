@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
 from rakuten_mlops.serving.auth import KeyRing, MissingKeysError, Role
-from rakuten_mlops.serving.inference_log import Entry, LanguageGuesser, features
+from rakuten_mlops.serving.inference_log import COLUMNS, Entry, LanguageGuesser, features
 from rakuten_mlops.serving.model import (
     LoadedModel,
     ModelLoadError,
@@ -254,34 +254,7 @@ def test_inference_log_row_holds_features_not_text(guesser):
         batch_size=1,
         latency_ms=2.5,
     )
-    row = dict(
-        zip(
-            [
-                "request_id",
-                "item",
-                "predicted_at",
-                "endpoint",
-                "client_role",
-                "model_name",
-                "model_version",
-                "model_source",
-                "prdtypecode",
-                "confidence",
-                "top_k",
-                "designation_chars",
-                "description_chars",
-                "designation_words",
-                "description_words",
-                "has_html",
-                "language",
-                "text_sha256",
-                "batch_size",
-                "latency_ms",
-            ],
-            features(entry, guesser),
-            strict=True,
-        )
-    )
+    row = dict(zip(COLUMNS, features(entry, guesser), strict=True))
     assert row["prdtypecode"] == 2583 and row["confidence"] == 1.0  # clipped
     assert json.loads(row["top_k"]) == [
         {"prdtypecode": 2583, "probability": 1.0},

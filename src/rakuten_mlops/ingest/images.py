@@ -44,7 +44,7 @@ from rakuten_mlops.ingest.sources import (
 )
 from rakuten_mlops.ingest.text import write_rejects
 from rakuten_mlops.settings import Settings
-from rakuten_mlops.storage import connect, ensure_buckets, s3_client
+from rakuten_mlops.storage import connect, copy_rows, ensure_buckets, s3_client
 
 log = logging.getLogger("rakuten_mlops.ingest")
 
@@ -205,9 +205,7 @@ def _commit(conn: psycopg.Connection, batch_id: int, outcomes: list[Outcome]) ->
                 " ON COMMIT DELETE ROWS"
             )
             with conn.cursor() as cur:
-                with cur.copy("COPY stage_images FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                copy_rows(cur, "COPY stage_images FROM STDIN", rows)
                 cur.execute(
                     "INSERT INTO images (s3_key, bucket, productid, imageid, source_split,"
                     " content_type, size_bytes, sha256, width, height, batch_id)"

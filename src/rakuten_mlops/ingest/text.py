@@ -36,7 +36,7 @@ from rakuten_mlops import schema, split
 from rakuten_mlops.ingest.plan import LakeState, Planner
 from rakuten_mlops.ingest.sources import X_FILES, IngestError, Reject, Source, read_source
 from rakuten_mlops.settings import Settings
-from rakuten_mlops.storage import connect
+from rakuten_mlops.storage import connect, copy_rows
 
 log = logging.getLogger("rakuten_mlops.ingest")
 
@@ -174,11 +174,11 @@ def write_rejects(conn: psycopg.Connection, batch_id: int, rejects: list[Reject]
         " source_row bigint, reason text, detail text) ON COMMIT DELETE ROWS"
     )
     with conn.cursor() as cur:
-        with cur.copy(
-            "COPY stage_rejects (source_file, locator, source_row, reason, detail) FROM STDIN"
-        ) as copy:
-            for r in rejects:
-                copy.write_row((r.source_file, r.locator, r.source_row, r.reason, r.detail))
+        copy_rows(
+            cur,
+            "COPY stage_rejects (source_file, locator, source_row, reason, detail) FROM STDIN",
+            ((r.source_file, r.locator, r.source_row, r.reason, r.detail) for r in rejects),
+        )
         cur.execute(
             "INSERT INTO rejects (batch_id, source_file, locator, source_row, reason, detail)"
             " SELECT %s, source_file, locator, source_row, reason, detail FROM stage_rejects"
@@ -230,14 +230,11 @@ def _copy_products(conn: psycopg.Connection, batch_id: int, planner: Planner,
         chunks = read_ahead(_row_chunks(planner, batch_id, ROWS_PER_COPY))
         with conn.cursor() as cur, closing(chunks):  # closing: stop the thread on errors
             for products, labels in chunks:
-                with cur.copy(f"COPY products ({_PRODUCT_COLUMNS}, batch_id) FROM STDIN") as copy:
-                    for row in products:
-                        copy.write_row(row)
+                copy_rows(cur, f"COPY products ({_PRODUCT_COLUMNS}, batch_id) FROM STDIN",
+                          products)
                 if labels:
-                    with cur.copy("COPY labels (productid, prdtypecode, batch_id) FROM STDIN"
-                                  ) as copy:
-                        for row in labels:
-                            copy.write_row(row)
+                    copy_rows(cur, "COPY labels (productid, prdtypecode, batch_id) FROM STDIN",
+                              labels)
                 written += len(products)
                 labelled += len(labels)
         return written, labelled
@@ -263,9 +260,7 @@ def _copy_products(conn: psycopg.Connection, batch_id: int, planner: Planner,
         products = cur.rowcount
         conn.execute("CREATE TEMP TABLE stage_labels (productid bigint, prdtypecode integer,"
                      " batch_id bigint) ON COMMIT DROP")
-        with cur.copy("COPY stage_labels FROM STDIN") as copy:
-            for row in labels:
-                copy.write_row(row)
+        copy_rows(cur, "COPY stage_labels FROM STDIN", labels)
         cur.execute(
             "INSERT INTO labels (productid, prdtypecode, batch_id)"
             " SELECT s.productid, s.prdtypecode, s.batch_id FROM stage_labels s"

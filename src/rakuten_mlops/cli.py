@@ -240,10 +240,14 @@ def train_command(
     ] = None,
 ) -> None:
     """Search every family, refit the best, log all to MLflow; print the run id."""
+    from mlflow.exceptions import MlflowException
+
     from rakuten_mlops.train import run_train
 
-    run_id = run_train(get_settings(), dataset_id, profile, families=family or None,
-                       report=lambda line: typer.echo(line, err=True))
+    # An unknown profile or family, a bad profile, an unknown dataset, MLflow unreachable.
+    with _exits_on("train", ValueError, FileNotFoundError, MlflowException):
+        run_id = run_train(get_settings(), dataset_id, profile, families=family or None,
+                           report=lambda line: typer.echo(line, err=True))
     typer.echo(run_id)
 
 
@@ -257,10 +261,13 @@ def evaluate_command(
     """Score the run's logged model once on the test split; log and print the metrics."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     from rakuten_mlops.evaluate import run_evaluate
 
-    metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
-                           report=lambda line: typer.echo(line, err=True))
+    with _exits_on("evaluate", ValueError, MlflowException):
+        metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
+                               report=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(metrics, sort_keys=True))
 
 
@@ -272,9 +279,12 @@ def promote_command(
     """Register the run's model; alias champion only if it beats the champion, else challenger."""
     import json
 
+    from mlflow.exceptions import MlflowException
+
     from rakuten_mlops.registry import promote
 
-    result = promote(get_settings(), run_id, export=export)
+    with _exits_on("promote", ValueError, MlflowException):
+        result = promote(get_settings(), run_id, export=export)
     typer.echo(result.reason, err=True)
     typer.echo(json.dumps(result.as_dict(), sort_keys=True))
 
@@ -282,9 +292,11 @@ def promote_command(
 @app.command("export-model")
 def export_model_command() -> None:
     """Write the registry's champion to models/ (joblib + metadata JSON)."""
+    from mlflow.exceptions import MlflowException
+
     from rakuten_mlops.registry import export_champion
 
-    with _exits_on("export-model", ValueError):
+    with _exits_on("export-model", ValueError, MlflowException):
         path = export_champion(get_settings())
     typer.echo(str(path))
 
@@ -334,9 +346,11 @@ def publish_dashboards_command(
 @app.command("champion")
 def champion_command() -> None:
     """Print the registered champion: version, family, test metrics and its MLflow page."""
+    from mlflow.exceptions import MlflowException
+
     from rakuten_mlops.registry import champion_summary
 
-    with _exits_on("champion", ValueError):
+    with _exits_on("champion", ValueError, MlflowException):
         summary = champion_summary(get_settings())
     for key, value in summary.items():
         typer.echo(f"  {key:<28} {value}")

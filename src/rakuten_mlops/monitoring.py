@@ -409,22 +409,13 @@ class Reference:
 
 def champion_reference(settings: Settings) -> Reference | None:
     """The champion's training data, or None when the registry has no champion."""
-    import os
+    from rakuten_mlops import registry
 
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    uri = settings.tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = registry.champion(settings)
+    if version is None:
+        return None
     name, alias = settings.model_name, settings.model_alias
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
+    client = registry.client(settings)
     dataset_id = (version.tags or {}).get("dataset_id")
     if not dataset_id and version.run_id:
         dataset_id = client.get_run(version.run_id).data.tags.get("dataset_id")

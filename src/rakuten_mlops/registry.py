@@ -316,16 +316,23 @@ def register(settings: Settings, run_id: str, model_name: str | None = None):
     return mlflow.register_model(model_uri(settings, run_id), name, tags=tags)
 
 
+# What MLflow answers when the model or its alias does not exist (server and file stores
+# differ); any other error, such as MLflow being down, must not read as "no champion".
+NO_SUCH_MODEL_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
 def champion(settings: Settings, model_name: str | None = None):
-    """The version under the champion alias, or None."""
+    """The version under the champion alias, or None when there is none yet."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client(settings).get_model_version_by_alias(
             model_name or settings.model_name, settings.model_alias
         )
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NO_SUCH_MODEL_CODES:
+            return None
+        raise
 
 
 def champion_score_on(settings: Settings, champion_version, run) -> tuple[float, str]:

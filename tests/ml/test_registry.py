@@ -208,3 +208,26 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     assert (again.version, again.alias) == (promotion.version, "challenger")
     assert len(client.search_model_versions(f"name='{name}'")) == 2
     assert first_run != run_id
+
+
+def test_no_champion_yet_is_none_but_an_unreachable_mlflow_is_an_error(ml_settings, monkeypatch):
+    import socket
+
+    from mlflow.exceptions import MlflowException
+
+    from rakuten_mlops import registry
+
+    unknown = ml_settings.model_copy(update={"model_name": f"test-none-{uuid.uuid4().hex[:8]}"})
+    assert registry.champion(unknown) is None
+
+    with socket.socket() as probe:  # a port nothing listens on: MLflow is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    down = ml_settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}"})
+    try:
+        with pytest.raises(MlflowException, match=str(port)):
+            registry.champion(down)
+    finally:
+        registry.configure(ml_settings)  # the process-wide URIs point at the real MLflow again
+

@@ -51,6 +51,23 @@ def tiny_search(sample_frame):
     return search(sample_frame, dict(TINY_PROFILE), report=lambda line: None)
 
 
+def test_the_train_command_names_an_unknown_profile_without_a_traceback():
+    import subprocess
+    import sys
+
+    from conftest import PROJECT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "train", "--dataset-id", "none",
+         "--profile", "no-such-profile"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "train: training profile 'no-such-profile' not found (known: full, quick)" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
 def test_search_covers_every_family_on_the_training_rows_only(tiny_search, sample_frame):
     assert set(tiny_search.families) == set(FAMILIES)
     assert tiny_search.n_train == (sample_frame["subset"] == "train").sum()

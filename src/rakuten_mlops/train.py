@@ -64,6 +64,13 @@ def validate_profile(profile: dict[str, Any]) -> dict[str, Any]:
     profile.setdefault("n_jobs", 2)
     profile.setdefault("train_subsets", ["train"])
     profile.setdefault("features", {})
+    profile.setdefault("calibration_subset", "validation")
+    if profile["calibration_subset"] in profile["train_subsets"]:
+        # A temperature fitted on rows the model has learned would make it overconfident.
+        raise ValueError(
+            f"profile {profile['name']!r}: calibration_subset {profile['calibration_subset']!r}"
+            f" must not be one of the train_subsets {profile['train_subsets']}"
+        )
     families = profile.get("families") or {}
     if not families:
         raise ValueError(f"profile {profile['name']!r} has no `families` to search")
@@ -398,7 +405,7 @@ def run_train(
     pipeline = refit(dataset.frame, best, profile)
     refit_seconds = time.perf_counter() - started
     temperature = score_temperature(
-        pipeline, dataset.frame, profile.get("calibration_subset", "validation")
+        pipeline, dataset.frame, profile["calibration_subset"]
     )
     run_id = registry.log_training(
         settings,

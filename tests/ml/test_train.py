@@ -44,6 +44,8 @@ def test_unknown_profile_and_family_are_refused(tmp_path):
         load_profile("nope")
     with pytest.raises(ValueError, match="unknown family 'svm'"):
         load_profile({"families": {"svm": {}}})
+    with pytest.raises(ValueError, match="calibration_subset 'validation' must not be one of"):
+        load_profile({"train_subsets": ["train", "validation"], "families": {"logreg": {}}})
 
 
 @pytest.fixture(scope="module")

@@ -56,13 +56,12 @@ def tiny_search(sample_frame):
 def test_the_train_command_names_an_unknown_profile_without_a_traceback():
     import subprocess
     import sys
-
-    from conftest import PROJECT
+    from pathlib import Path
 
     result = subprocess.run(
         [sys.executable, "-m", "rakuten_mlops", "train", "--dataset-id", "none",
          "--profile", "no-such-profile"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "train: training profile 'no-such-profile' not found (known: full, quick)" in (

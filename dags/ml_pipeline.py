@@ -8,10 +8,10 @@ loaded into the lake:
    split, frozen as a **dataset version** (parquet + manifest, in `processed_data/` and
    S3). Returns its id: a content hash, so the same lake gives the same id.
 2. `train`: per model family (LinearSVC, LogisticRegression, RandomForest, XGBoost), a
-   cross-validated search on the train split (stratified folds, weighted F1); the best is
-   refit. Everything is logged to MLflow (parameters, CV results per family as nested
-   runs, timings, the dataset version, the pipeline with its label mapping). Returns the
-   MLflow run id.
+   cross-validated search on the profile's training subsets (train and validation in the
+   shipped profiles; stratified folds, weighted F1); the best is refit. Everything is
+   logged to MLflow (parameters, CV results per family as nested runs, timings, the
+   dataset version, the pipeline with its label mapping). Returns the MLflow run id.
 3. `evaluate`: the logged model, loaded back from MLflow, scored once on the test split
    (weighted F1, accuracy, per-class report, confusion matrix), next to the plain
    TF-IDF + LinearSVC baseline trained on the same rows.

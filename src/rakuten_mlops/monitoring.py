@@ -8,13 +8,13 @@ time:
 * the inference log over the run's data interval (`inference-<start>`): the champion
   model's predictions, with the features the log records.
 
-**Reference.** The training data of the current champion: the `train` subset of the
-dataset version (`dataset_id` tag of the `MODEL_NAME@champion` version or of its run;
-`rakuten_mlops.preprocess.load_dataset`). Without a champion, the lake's own labelled
-`train` products: for a load batch those of *earlier* batches (the first batch has no
-reference: quality only), for the inference log all of them. Each window row says which
-reference it used (`reference_kind`, `reference_id`, `reference_note`). A reference's
-profile (its features) is computed once and cached in S3
+**Reference.** The training data of the current champion: the subsets its run trained
+on (`train_subsets`) of the dataset version (`dataset_id` tag of the `MODEL_NAME@champion`
+version or of its run; `rakuten_mlops.preprocess.load_dataset`). Without a champion, the
+lake's own labelled `train` products: for a load batch those of *earlier* batches (the
+first batch has no reference: quality only), for the inference log all of them. Each
+window row says which reference it used (`reference_kind`, `reference_id`,
+`reference_note`). A reference's profile (its features) is computed once and cached in S3
 (`quality/reference/v<FEATURES_VERSION>/<reference_id>/`).
 
 **Statistics** (definitions in `drift.py`, `quality.py`, `quality_features.py`;
@@ -402,6 +402,8 @@ class Reference:
     note: str
     model_version: str | None = None
     dataset_id: str | None = None
+    # The dataset's subsets the champion trained on (its run's `train_subsets`).
+    subsets: tuple[str, ...] = ("train",)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -416,20 +418,22 @@ def champion_reference(settings: Settings) -> Reference | None:
         return None
     name, alias = settings.model_name, settings.model_alias
     client = registry.client(settings)
-    dataset_id = (version.tags or {}).get("dataset_id")
-    if not dataset_id and version.run_id:
-        dataset_id = client.get_run(version.run_id).data.tags.get("dataset_id")
+    run = client.get_run(version.run_id).data if version.run_id else None
+    run_tags, run_params = (run.tags, run.params) if run else ({}, {})
+    dataset_id = (version.tags or {}).get("dataset_id") or run_tags.get("dataset_id")
     if not dataset_id:
         raise QualityError(
             f"{name}@{alias} (v{version.version}) names no dataset_id: its training data is unknown"
         )
+    subsets = tuple(run_params.get("train_subsets", "train").split(","))
     return Reference(
         "champion",
-        f"dataset-{dataset_id}-train",
-        f"train subset of dataset {dataset_id}, the training data of "
+        f"dataset-{dataset_id}-{'+'.join(subsets)}",
+        f"{' + '.join(subsets)} subset of dataset {dataset_id}, the training data of "
         f"{name}@{alias} v{version.version}",
         str(version.version),
         dataset_id,
+        subsets,
     )
 
 
@@ -485,7 +489,8 @@ def _reference_products(settings: Settings, conn, ref: Reference) -> pd.DataFram
 
         frame = load_dataset(settings, ref.dataset_id).frame
         return frame.loc[
-            frame["subset"] == "train", ["productid", "designation", "description", "prdtypecode"]
+            frame["subset"].isin(ref.subsets),
+            ["productid", "designation", "description", "prdtypecode"],
         ]
     bound = int(ref.reference_id.rsplit("-", 1)[1])
     operator = "<" if "before" in ref.reference_id else "<="

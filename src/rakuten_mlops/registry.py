@@ -140,6 +140,7 @@ def log_training(
                 "cv_folds": profile["cv_folds"],
                 "scoring": "f1_weighted",
                 "train_subsets": ",".join(profile["train_subsets"]),
+                "calibration": profile["calibration"],
                 "n_train": result.n_train,
                 "families": ",".join(result.families),
                 "best_family": best.family,

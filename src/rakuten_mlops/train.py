@@ -6,7 +6,7 @@ family is scored with weighted F1 (the challenge's metric) on the same folds of 
 training rows, so their cross-validated scores compare. No test row is ever seen here.
 
 Pure functions of a frame with columns productid, designation, description, prdtypecode,
-subset: no database, no MLflow (those are `data.py` and `registry.py`).
+subset: no database, no MLflow (those are `preprocess.py` and `registry.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from rakuten_mlops.features import FAMILIES, build_pipeline
 
 SCORING = "f1_weighted"
 INPUT_COLUMNS = ["designation", "description"]
+# `calibration: out_of_fold`: the winner's softmax temperature is fitted on its decision
+# values for rows each fold's model did not see, so every labelled non-test row can train.
+OUT_OF_FOLD = "out_of_fold"
 
 
 # --------------------------------------------------------------------------- profiles
@@ -64,12 +67,13 @@ def validate_profile(profile: dict[str, Any]) -> dict[str, Any]:
     profile.setdefault("n_jobs", 2)
     profile.setdefault("train_subsets", ["train"])
     profile.setdefault("features", {})
-    profile.setdefault("calibration_subset", "validation")
-    if profile["calibration_subset"] in profile["train_subsets"]:
+    profile.setdefault("calibration", "validation")
+    calibration = profile["calibration"]
+    if calibration != OUT_OF_FOLD and calibration in profile["train_subsets"]:
         # A temperature fitted on rows the model has learned would make it overconfident.
         raise ValueError(
-            f"profile {profile['name']!r}: calibration_subset {profile['calibration_subset']!r}"
-            f" must not be one of the train_subsets {profile['train_subsets']}"
+            f"profile {profile['name']!r}: calibration {calibration!r} must not be one of "
+            f"the train_subsets {profile['train_subsets']} (use {OUT_OF_FOLD!r})"
         )
     families = profile.get("families") or {}
     if not families:
@@ -154,23 +158,43 @@ def training_rows(frame: pd.DataFrame, profile: dict[str, Any]) -> pd.DataFrame:
     return rows
 
 
-def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memory: str | None):
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+def folds(profile: dict[str, Any]):
+    """The profile's stratified folds: every family, and the calibration, use these."""
+    from sklearn.model_selection import StratifiedKFold
 
-    pipeline = build_pipeline(
+    return StratifiedKFold(profile["cv_folds"], shuffle=True, random_state=profile["random_state"])
+
+
+def family_pipeline(
+    family: str,
+    profile: dict[str, Any],
+    params: dict[str, Any] | None = None,
+    *,
+    n_jobs: int = 1,
+    memory: str | None = None,
+) -> Pipeline:
+    """The family's pipeline as the profile configures it (features, selection, seed)."""
+    spec = profile["families"][family]
+    return build_pipeline(
         family,
-        spec.get("fixed"),
+        params if params is not None else spec.get("fixed"),
         {**profile["features"], **(spec.get("features") or {})},
         select_k=spec.get("select_k"),
         random_state=profile["random_state"],
-        n_jobs=1,  # the search parallelises over candidates x folds
+        n_jobs=n_jobs,
         memory=memory,
     )
+
+
+def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memory: str | None):
+    from sklearn.model_selection import GridSearchCV
+
+    # n_jobs=1: the search parallelises over candidates x folds.
+    pipeline = family_pipeline(family, profile, memory=memory)
     grid = _as_grid(family, spec["grid"])
-    cv = StratifiedKFold(profile["cv_folds"], shuffle=True, random_state=profile["random_state"])
     common = {
         "scoring": SCORING,
-        "cv": cv,
+        "cv": folds(profile),
         "n_jobs": profile["n_jobs"],
         "refit": False,  # only the winning family is refit, once
         "error_score": "raise",
@@ -262,33 +286,34 @@ def search(
     profile: str | Path | dict,
     families: list[str] | None = None,
     report=print,
+    memory: str | None = None,
 ) -> SearchResult:
     """Search every family of the profile on the training rows of `frame`.
 
     The TF-IDF of each fold is computed once and shared by all candidates and families
-    (a joblib cache in a temporary folder, removed afterwards).
+    through the joblib cache `memory` (a `feature_cache()` folder; by default one of its
+    own, removed afterwards).
     """
+    if memory is None:
+        with feature_cache() as memory:
+            return search(frame, profile, families, report, memory)
     profile = load_profile(profile)
     rows = training_rows(frame, profile)
     families = families or list(profile["families"])
-    cache = tempfile.mkdtemp(prefix="rakuten-search-")
     results: dict[str, FamilyResult] = {}
     started = time.perf_counter()
-    try:
-        with PeakMemory() as peak:
-            for family in families:
-                report(
-                    f"searching {family} ({profile['families'][family]['search']}) "
-                    f"on {len(rows)} rows, {profile['cv_folds']} folds"
-                )
-                results[family] = search_family(family, rows, profile, memory=cache)
-                result = results[family]
-                report(
-                    f"  {family}: cv f1_weighted {result.cv_score:.4f} "
-                    f"± {result.cv_std:.4f} in {result.seconds:.0f}s with {result.best_params}"
-                )
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    with PeakMemory() as peak:
+        for family in families:
+            report(
+                f"searching {family} ({profile['families'][family]['search']}) "
+                f"on {len(rows)} rows, {profile['cv_folds']} folds"
+            )
+            results[family] = search_family(family, rows, profile, memory=memory)
+            result = results[family]
+            report(
+                f"  {family}: cv f1_weighted {result.cv_score:.4f} "
+                f"± {result.cv_std:.4f} in {result.seconds:.0f}s with {result.best_params}"
+            )
     return SearchResult(
         profile=profile["name"],
         families=results,
@@ -302,17 +327,19 @@ def search(
 def refit(frame: pd.DataFrame, result: FamilyResult, profile: str | Path | dict) -> Pipeline:
     """The winning family's pipeline with its best parameters, fitted on all training rows."""
     profile = load_profile(profile)
-    spec = profile["families"][result.family]
-    pipeline = build_pipeline(
-        result.family,
-        result.best_params,
-        {**profile["features"], **(spec.get("features") or {})},
-        select_k=spec.get("select_k"),
-        random_state=profile["random_state"],
-        n_jobs=profile["n_jobs"],
-    )
+    pipeline = family_pipeline(result.family, profile, result.best_params, n_jobs=profile["n_jobs"])
     X, y = split_xy(training_rows(frame, profile))  # noqa: N806
     return pipeline.fit(X, y)
+
+
+@contextlib.contextmanager
+def feature_cache():
+    """A temporary joblib cache folder for the folds' fitted features, removed afterwards."""
+    folder = tempfile.mkdtemp(prefix="rakuten-search-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _plain(value):
@@ -365,16 +392,41 @@ class PeakMemory:
 # --------------------------------------------------------------------------- the stage
 
 
-def score_temperature(pipeline: Pipeline, frame: pd.DataFrame, subset: str) -> float | None:
+def score_temperature(
+    pipeline: Pipeline,
+    frame: pd.DataFrame,
+    best: FamilyResult,
+    profile: str | Path | dict,
+    memory: str | None = None,
+) -> float | None:
     """For a model without predict_proba (LinearSVC): the softmax temperature of its
-    decision function, fitted on `subset` rows it was not trained on (serving turns
-    decision values into probabilities with it). None for models with probabilities."""
-    if hasattr(pipeline, "predict_proba") or subset not in set(frame["subset"]):
+    decision function (serving turns decision values into probabilities with it), fitted
+    on decision values for rows the model did not learn. None for models with
+    probabilities, or when the profile's calibration subset is empty.
+
+    `calibration: out_of_fold`: `best`'s pipeline, cross-validated on the search's folds
+    (their features come from `memory` when the search left them there); otherwise the
+    refit `pipeline` on the calibration subset's rows.
+    """
+    if hasattr(pipeline, "predict_proba"):
         return None
     from rakuten_mlops.serving.model import fit_temperature
 
-    X, y = split_xy(frame[frame["subset"] == subset])  # noqa: N806
-    return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
+    profile = load_profile(profile)
+    calibration = profile["calibration"]
+    if calibration != OUT_OF_FOLD:
+        if calibration not in set(frame["subset"]):
+            return None
+        X, y = split_xy(frame[frame["subset"] == calibration])  # noqa: N806
+        return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
+    from sklearn.model_selection import cross_val_predict
+
+    X, y = split_xy(training_rows(frame, profile))  # noqa: N806
+    unfitted = family_pipeline(best.family, profile, best.best_params, memory=memory)
+    decision = cross_val_predict(
+        unfitted, X, y, cv=folds(profile), method="decision_function", n_jobs=profile["n_jobs"]
+    )
+    return fit_temperature(decision, y, pipeline.classes_)
 
 
 def run_train(
@@ -395,18 +447,19 @@ def run_train(
     profile = load_profile(profile or settings.training_profile)
     dataset = load_dataset(settings, dataset_id)
     report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
-    result = search(dataset.frame, profile, families, report=report)
-    best = result.best
-    report(
-        f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
-        f"{result.n_train} rows"
-    )
-    started = time.perf_counter()
-    pipeline = refit(dataset.frame, best, profile)
-    refit_seconds = time.perf_counter() - started
-    temperature = score_temperature(
-        pipeline, dataset.frame, profile["calibration_subset"]
-    )
+    with feature_cache() as memory:
+        result = search(dataset.frame, profile, families, report=report, memory=memory)
+        best = result.best
+        report(
+            f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
+            f"{result.n_train} rows"
+        )
+        started = time.perf_counter()
+        pipeline = refit(dataset.frame, best, profile)
+        refit_seconds = time.perf_counter() - started
+        temperature = score_temperature(pipeline, dataset.frame, best, profile, memory)
+    if temperature is not None:
+        report(f"score temperature {temperature:.4f} ({profile['calibration']} decision values)")
     run_id = registry.log_training(
         settings,
         dataset=dataset,

@@ -44,7 +44,7 @@ def test_unknown_profile_and_family_are_refused(tmp_path):
         load_profile("nope")
     with pytest.raises(ValueError, match="unknown family 'svm'"):
         load_profile({"families": {"svm": {}}})
-    with pytest.raises(ValueError, match="calibration_subset 'validation' must not be one of"):
+    with pytest.raises(ValueError, match="calibration 'validation' must not be one of"):
         load_profile({"train_subsets": ["train", "validation"], "families": {"logreg": {}}})
 
 
@@ -96,5 +96,64 @@ def test_the_best_family_is_refit_and_predicts_the_test_rows(tiny_search, sample
 
 
 def test_training_rows_never_include_test_rows(sample_frame):
-    rows = training_rows(sample_frame, load_profile("full"))
-    assert set(rows["subset"]) == {"train"}
+    for name in ("quick", "full"):
+        rows = training_rows(sample_frame, load_profile(name))
+        assert set(rows["subset"]) == {"train", "validation"}, name
+    assert set(training_rows(sample_frame, dict(TINY_PROFILE))["subset"]) == {"train"}
+
+
+LINEAR_SVC_ONLY = {
+    "cv_folds": 3,
+    "features": {"word": {"ngram_range": [1, 1]}, "char": {"ngram_range": [2, 3]}},
+    "families": {"linear_svc": {"grid": {"C": [0.5, 1.0]}}},
+}
+
+
+def _calibrated(sample_frame, profile):
+    """Search, refit and temperature of a LinearSVC-only profile, as the train stage runs them."""
+    from rakuten_mlops.train import feature_cache, score_temperature
+
+    with feature_cache() as memory:
+        result = search(sample_frame, profile, report=lambda line: None, memory=memory)
+        pipeline = refit(sample_frame, result.best, profile)
+        temperature = score_temperature(pipeline, sample_frame, result.best, profile, memory)
+    return result, pipeline, temperature
+
+
+def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not_learn(
+    sample_frame,
+):
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from rakuten_mlops.serving.model import fit_temperature
+    from rakuten_mlops.train import split_xy
+
+    profile = {
+        **LINEAR_SVC_ONLY,
+        "train_subsets": ["train", "validation"],
+        "calibration": "out_of_fold",
+    }
+    result, pipeline, temperature = _calibrated(sample_frame, profile)
+    assert result.n_train == sample_frame["subset"].isin(["train", "validation"]).sum()
+    X, y = split_xy(training_rows(sample_frame, load_profile(profile)))  # noqa: N806
+    # Fitted on the rows it scores, the same model looks several times more certain.
+    in_sample = fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
+    assert temperature > 2 * in_sample
+    # One held-out fold's decision values, from a model of the other folds, agree with it.
+    fold_train, fold_held = next(StratifiedKFold(3, shuffle=True, random_state=42).split(X, y))
+    model = clone(pipeline).fit(X.iloc[fold_train], y[fold_train])
+    held = fit_temperature(model.decision_function(X.iloc[fold_held]), y[fold_held], model.classes_)
+    assert held == pytest.approx(temperature, rel=0.35)
+
+
+def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):
+    from rakuten_mlops.serving.model import fit_temperature
+    from rakuten_mlops.train import split_xy
+
+    profile = {**LINEAR_SVC_ONLY, "train_subsets": ["train"], "calibration": "validation"}
+    _, pipeline, temperature = _calibrated(sample_frame, profile)
+    X, y = split_xy(sample_frame[sample_frame["subset"] == "validation"])  # noqa: N806
+    assert temperature == pytest.approx(
+        fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
+    )

@@ -7,6 +7,7 @@ its reference and sample sizes, reports land in S3, and a re-run replaces, never
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from qualityhelpers import SHIFTED_FEATURES
@@ -228,3 +229,30 @@ def test_without_a_champion_the_lake_is_the_reference(drift_run):
     rows = monitoring.evaluate(reference, current, config)
     assert {r.feature for r in rows if r.category == "drift" and r.breach} == shifted
     assert monitoring.window_status(rows, current.rows, second, config) == "breach"
+
+
+def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
+    """A champion trained on train + validation is compared with both, not train alone."""
+    from qualityhelpers import train_champion
+
+    from rakuten_mlops import monitoring
+    from rakuten_mlops.preprocess import load_dataset
+    from rakuten_mlops.storage import connect
+
+    name = f"test-quality-tv-{uuid.uuid4().hex[:8]}"
+    settings = drift_run.settings.model_copy(update={"model_name": name})
+    dataset = load_dataset(settings, drift_run.dataset_id)
+    model = train_champion(settings, dataset, name, subsets=("train", "validation"))
+    try:
+        reference = monitoring.champion_reference(settings)
+        assert reference.subsets == ("train", "validation")
+        assert reference.reference_id == f"dataset-{drift_run.dataset_id}-train+validation"
+        with connect(settings) as conn:
+            products = monitoring._reference_products(settings, conn, reference)
+        frame = dataset.frame
+        trained_on = frame.loc[frame["subset"].isin(["train", "validation"]), "productid"]
+        assert sorted(products["productid"]) == sorted(trained_on)
+        assert len(products) > 807  # more than batch 1's train subset alone
+    finally:
+        model["client"].delete_registered_model(name)
+        model["client"].delete_run(model["run_id"])

@@ -251,9 +251,10 @@ def log_evaluation(
     run_id: str,
     evaluation,
     categories: dict[int, str],
-    baseline_f1: float | None = None,
+    gain=None,
 ) -> dict[str, float]:
-    """Test metrics, per-class report and confusion matrix, on the training run."""
+    """Test metrics, per-class report and confusion matrix, on the training run; `gain`
+    (an `evaluate.Gain`) is the model's lead over the plain baseline on the same rows."""
     import mlflow
 
     from rakuten_mlops.evaluate import confusion_figure
@@ -261,9 +262,11 @@ def log_evaluation(
     configure(settings)
     metrics = evaluation.metrics()
     metrics["test_predict_seconds"] = evaluation.predict_seconds
-    if baseline_f1 is not None:
-        metrics["baseline_test_f1_weighted"] = baseline_f1
-        metrics["test_f1_weighted_gain_over_baseline"] = evaluation.f1_weighted - baseline_f1
+    if gain is not None:
+        metrics["baseline_test_f1_weighted"] = evaluation.f1_weighted - gain.f1_weighted
+        metrics["test_f1_weighted_gain_over_baseline"] = gain.f1_weighted
+        metrics["test_f1_weighted_gain_over_baseline_low"] = gain.low
+        metrics["test_f1_weighted_gain_over_baseline_high"] = gain.high
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(metrics)
         report = evaluation.report_frame(categories)

@@ -98,6 +98,12 @@ def test_a_run_logs_search_data_version_model_and_evaluation(ml_settings, first,
     ):
         assert key in run.data.metrics, key
     assert metrics["test_f1_weighted"] == pytest.approx(run.data.metrics["test_f1_weighted"])
+    gain = run.data.metrics["test_f1_weighted_gain_over_baseline"]
+    assert gain == pytest.approx(
+        run.data.metrics["test_f1_weighted"] - run.data.metrics["baseline_test_f1_weighted"]
+    )
+    low = run.data.metrics["test_f1_weighted_gain_over_baseline_low"]
+    assert low <= gain <= run.data.metrics["test_f1_weighted_gain_over_baseline_high"]
     assert run.inputs.dataset_inputs[0].dataset.digest == dataset.manifest["sha256"][:16]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
     assert sorted(child.data.tags["family"] for child in children) == sorted(

@@ -22,9 +22,13 @@ import sys
 import time
 import warnings
 
-from bench_training import DATASETS, SHARED_DATA, log
+from bench_training import DATASETS, SHARED_DATA
 
 SHARES = (0.25, 0.5, 0.75, 1.0)
+
+
+def log(line: str) -> None:
+    print(f"[learning_curve] {line}", file=sys.stderr, flush=True)
 
 
 def main() -> int:

@@ -429,7 +429,7 @@ def champion_reference(settings: Settings) -> Reference | None:
     return Reference(
         "champion",
         f"dataset-{dataset_id}-{'+'.join(subsets)}",
-        f"{' + '.join(subsets)} subset of dataset {dataset_id}, the training data of "
+        f"{' + '.join(subsets)} rows of dataset {dataset_id}, the training data of "
         f"{name}@{alias} v{version.version}",
         str(version.version),
         dataset_id,

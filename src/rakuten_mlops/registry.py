@@ -469,6 +469,14 @@ def champion_summary(settings: Settings, model_name: str | None = None) -> dict[
     for key in ("cv_f1_weighted", "test_f1_weighted", "test_accuracy", "baseline_test_f1_weighted"):
         if key in metrics:
             summary[key] = f"{metrics[key]:.4f}"
+    keys = [f"test_f1_weighted_gain_over_baseline{end}" for end in ("", "_low", "_high")]
+    if set(keys) <= set(metrics):
+        from rakuten_mlops.evaluate import Gain
+
+        gain = Gain(*(metrics[key] for key in keys))
+        summary["gain over baseline"] = (
+            f"{gain}: {'clear' if gain.clear else 'within resampling noise'}"
+        )
     summary["promotion"] = (version.tags or {}).get("promotion", "")
     base = settings.tracking_uri.rstrip("/")
     summary["MLflow run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

@@ -137,6 +137,21 @@ def test_the_first_model_is_registered_and_promoted(ml_settings, first):
     assert champion.version == promotion.version and champion.run_id == run_id
 
 
+def test_the_champion_summary_shows_its_scores_and_its_lead_over_the_baseline(
+    ml_settings, first
+):
+    from rakuten_mlops import registry
+
+    _, metrics, promotion = first
+    summary = registry.champion_summary(ml_settings)
+    assert summary["model"].startswith(f"{ml_settings.model_name} v{promotion.version} ")
+    assert summary["test_f1_weighted"] == f"{metrics['test_f1_weighted']:.4f}"
+    gain = metrics["test_f1_weighted_gain_over_baseline"]
+    assert summary["gain over baseline"].startswith(f"{gain:+.4f} (95% interval ")
+    verdict = "clear" if metrics["test_f1_weighted_gain_over_baseline_low"] > 0 else "noise"
+    assert summary["gain over baseline"].endswith(verdict)
+
+
 def test_champion_from_the_registry_and_the_export_predict_identically(
     ml_settings, first, sample_frame
 ):

@@ -122,7 +122,7 @@ def main() -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the search's worker processes too
     from rakuten_mlops.evaluate import baseline_evaluation, evaluate, f1_gain
     from rakuten_mlops.preprocess import frame_from_csv
-    from rakuten_mlops.train import feature_cache, load_profile, refit, score_temperature, search
+    from rakuten_mlops.train import load_profile, train_best
 
     profile = load_profile(os.environ.get("BENCH_PROFILE", "full"))
     frame = frame_from_csv(x_csv, y_csv)
@@ -131,17 +131,11 @@ def main() -> int:
     log(f"{data}: {len(frame)} products {frame['subset'].value_counts().to_dict()}, "
         f"profile {profile['name']}")
 
-    # What the train stage does: search, refit, calibrate (on the search's cached features).
-    with feature_cache() as memory:
-        result = search(frame, profile, report=log, memory=memory)
-        started = time.perf_counter()
-        pipeline = refit(frame, result.best, profile)
-        refit_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        temperature = score_temperature(pipeline, frame, result.best, profile, memory)
-        calibration_seconds = time.perf_counter() - started
+    trained = train_best(frame, profile, report=log)  # what the train stage runs
+    result, refit_seconds, calibration_seconds = (
+        trained.search, trained.refit_seconds, trained.calibration_seconds)
     train_seconds = result.seconds + refit_seconds + calibration_seconds
-    test = evaluate(pipeline, frame)
+    test = evaluate(trained.pipeline, frame)
     log(f"refit {refit_seconds:.0f}s, calibration {calibration_seconds:.0f}s, "
         f"test weighted F1 {test.f1_weighted:.4f}")
     started = time.perf_counter()
@@ -179,7 +173,7 @@ def main() -> int:
         "refit_seconds": round(refit_seconds, 1),
         "calibration": profile["calibration"],
         "calibration_seconds": round(calibration_seconds, 1),
-        "score_temperature": temperature,
+        "score_temperature": trained.temperature,
         "total_seconds": round(train_seconds, 1),
         "peak_rss_mb": round(result.peak_rss_mb),
         "target_seconds": TARGET_SECONDS,

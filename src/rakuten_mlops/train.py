@@ -429,6 +429,45 @@ def score_temperature(
     return fit_temperature(decision, y, pipeline.classes_)
 
 
+@dataclass
+class Trained:
+    """The train stage's outcome before logging: the search, the refit winner, its scores'
+    temperature (None when it has probabilities), and what refit and calibration took."""
+
+    search: SearchResult
+    pipeline: Pipeline
+    temperature: float | None
+    refit_seconds: float
+    calibration_seconds: float
+
+
+def train_best(
+    frame: pd.DataFrame,
+    profile: str | Path | dict,
+    families: list[str] | None = None,
+    report=print,
+) -> Trained:
+    """Search, refit the best family on all training rows, calibrate its scores: the train
+    stage without MLflow. Calibration reuses the search's cached fold features."""
+    profile = load_profile(profile)
+    with feature_cache() as memory:
+        result = search(frame, profile, families, report=report, memory=memory)
+        best = result.best
+        report(
+            f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
+            f"{result.n_train} rows"
+        )
+        started = time.perf_counter()
+        pipeline = refit(frame, best, profile)
+        refit_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        temperature = score_temperature(pipeline, frame, best, profile, memory)
+        calibration_seconds = time.perf_counter() - started
+    if temperature is not None:
+        report(f"score temperature {temperature:.4f} ({profile['calibration']} decision values)")
+    return Trained(result, pipeline, temperature, refit_seconds, calibration_seconds)
+
+
 def run_train(
     settings,
     dataset_id: str,
@@ -447,27 +486,15 @@ def run_train(
     profile = load_profile(profile or settings.training_profile)
     dataset = load_dataset(settings, dataset_id)
     report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
-    with feature_cache() as memory:
-        result = search(dataset.frame, profile, families, report=report, memory=memory)
-        best = result.best
-        report(
-            f"best: {best.family} cv f1_weighted {best.cv_score:.4f}; refitting on "
-            f"{result.n_train} rows"
-        )
-        started = time.perf_counter()
-        pipeline = refit(dataset.frame, best, profile)
-        refit_seconds = time.perf_counter() - started
-        temperature = score_temperature(pipeline, dataset.frame, best, profile, memory)
-    if temperature is not None:
-        report(f"score temperature {temperature:.4f} ({profile['calibration']} decision values)")
+    trained = train_best(dataset.frame, profile, families, report=report)
     run_id = registry.log_training(
         settings,
         dataset=dataset,
         profile=profile,
-        result=result,
-        pipeline=pipeline,
-        refit_seconds=refit_seconds,
-        temperature=temperature,
+        result=trained.search,
+        pipeline=trained.pipeline,
+        refit_seconds=trained.refit_seconds,
+        temperature=trained.temperature,
         experiment=experiment,
         extra_tags=extra_tags,
     )

@@ -111,13 +111,11 @@ LINEAR_SVC_ONLY = {
 
 def _calibrated(sample_frame, profile):
     """Search, refit and temperature of a LinearSVC-only profile, as the train stage runs them."""
-    from rakuten_mlops.train import feature_cache, score_temperature
+    from rakuten_mlops.train import train_best
 
-    with feature_cache() as memory:
-        result = search(sample_frame, profile, report=lambda line: None, memory=memory)
-        pipeline = refit(sample_frame, result.best, profile)
-        temperature = score_temperature(pipeline, sample_frame, result.best, profile, memory)
-    return result, pipeline, temperature
+    trained = train_best(sample_frame, profile, report=lambda line: None)
+    assert trained.calibration_seconds > 0
+    return trained.search, trained.pipeline, trained.temperature
 
 
 def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not_learn(

@@ -105,6 +105,17 @@ class Settings(BaseSettings):
     api_model_poll_seconds: float = Field(30.0, ge=0)  # 0: only POST /admin/reload
     api_log_flush_seconds: float = Field(1.0, gt=0)
     api_log_buffer_rows: int = Field(100_000, ge=1)
+    # The API server's HTTP limits (rakuten_mlops.serving.limits; the compose proxy,
+    # config/nginx, applies the same): bytes of request line + headers, header fields,
+    # seconds to receive the headers (from the connection's start) and between two reads
+    # of a body, idle keep-alive seconds, open connections (beyond: 503), listen backlog.
+    api_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    api_max_headers: int = Field(100, ge=8, le=10_000)
+    api_header_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    api_body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    api_keepalive_timeout_seconds: int = Field(5, ge=1, le=3600)
+    api_max_connections: int = Field(256, ge=1, le=100_000)
+    api_backlog: int = Field(1024, ge=1, le=65_535)
 
     # Paths, relative to the project root unless absolute.
     raw_data_dir: Path = Path("raw_data")

@@ -1,6 +1,6 @@
 """The prediction API: `create_app()` builds it from the settings.
 
-    uvicorn --factory rakuten_mlops.serving.app:create_app     (or `rakuten-mlops serve`)
+    rakuten-mlops serve     (uvicorn with the HTTP limits of the settings: see run())
 
 Open routes: /health, /ready, /metrics (and the OpenAPI docs in local mode). Everything
 else needs an X-API-Key: the client key to predict and read /model, the admin key to
@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from rakuten_mlops.serving import schemas
 from rakuten_mlops.serving.auth import AdminRole, ClientRole, KeyRing, Role
 from rakuten_mlops.serving.inference_log import Entry, InferenceLogWriter
-from rakuten_mlops.serving.limits import BodyLimitMiddleware
+from rakuten_mlops.serving.limits import BodyLimitMiddleware, HeaderCountMiddleware, timed_protocol
 from rakuten_mlops.serving.metrics import MetricsMiddleware, ServingMetrics
 from rakuten_mlops.serving.model import LoadedModel, ModelManager, configure_mlflow_client
 from rakuten_mlops.settings import Mode, Settings, get_settings
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The one added last is outermost: the metrics also count the size limit's 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeaderCountMiddleware, max_headers=settings.api_max_headers)
 
     # ------------------------------------------------------------- model lifecycle
 
@@ -140,6 +141,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("validation").inc()
+        if malformed := _json_syntax_error(exc):
+            # FastAPI reports it as a 422 whose "field" is the character offset.
+            return JSONResponse(status_code=400, content={"detail": malformed})
         problems = []
         for error in exc.errors():
             loc = [str(part) for part in error.get("loc", ())]
@@ -424,12 +428,28 @@ def max_body_bytes(settings: Settings) -> int:
     return settings.api_max_batch_size * (per_item + 256) + 64 * 1024
 
 
+def _json_syntax_error(exc: RequestValidationError) -> str | None:
+    """'the body is not valid JSON: <why> at line L, column C', when that is the error."""
+    for error in exc.errors():
+        if error.get("type") != "json_invalid":
+            continue
+        why = (error.get("ctx") or {}).get("error", "syntax error")
+        loc = error.get("loc", ())
+        offset = loc[-1] if loc and isinstance(loc[-1], int) else None
+        if offset is None or not isinstance(exc.body, str):
+            return f"the body is not valid JSON: {why}"
+        line = exc.body.count("\n", 0, offset) + 1
+        column = offset - exc.body.rfind("\n", 0, offset)
+        return f"the body is not valid JSON: {why} at line {line}, column {column}"
+    return None
+
+
 def _ref(model: LoadedModel) -> dict:
     return {"name": model.name, "version": model.version, "source": model.source}
 
 
 def run(settings: Settings | None = None, host: str | None = None, port: int | None = None):
-    """Serve the API with uvicorn (one process; uvloop and httptools when installed)."""
+    """Serve the API with uvicorn (one process, uvloop) and the HTTP limits of the settings."""
     import uvicorn
 
     settings = settings or get_settings()
@@ -445,4 +465,25 @@ def run(settings: Settings | None = None, host: str | None = None, port: int | N
         access_log=False,
         log_level="info",
         timeout_graceful_shutdown=15,
+        **server_limits(settings),
     )
+
+
+def server_limits(settings: Settings) -> dict:
+    """uvicorn's options for the HTTP limits.
+
+    h11, not httptools (uvicorn's default when installed): httptools puts no bound on
+    the header block (64 MB headers were buffered whole, by repeated concatenation),
+    while h11 refuses one over `max_incomplete_event_size` bytes with a 400 and closes.
+    TimedH11Protocol adds the header and body read timeouts uvicorn does not have.
+    """
+    return {
+        "http": timed_protocol(
+            settings.api_header_timeout_seconds, settings.api_body_timeout_seconds
+        ),
+        "h11_max_incomplete_event_size": settings.api_max_header_bytes,
+        "timeout_keep_alive": settings.api_keepalive_timeout_seconds,
+        "limit_concurrency": settings.api_max_connections,
+        "backlog": settings.api_backlog,
+        "ws": "none",  # no WebSocket route: nothing to upgrade to
+    }

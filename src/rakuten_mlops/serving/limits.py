@@ -1,6 +1,9 @@
-"""Request size limit, enforced before the body is parsed."""
+"""HTTP limits: request body size, header count, and the read timeouts of the server."""
 
 from __future__ import annotations
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class BodyLimitMiddleware:
@@ -63,3 +66,115 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class HeaderCountMiddleware:
+    """431 for requests with more than `max_headers` header fields.
+
+    h11 bounds the bytes of the request line and headers (`h11_max_incomplete_event_size`)
+    but not how many fields they hold; thousands of tiny fields within that size would
+    still cost a Python tuple each in every middleware that scans them.
+    """
+
+    def __init__(self, app, max_headers: int):
+        self.app = app
+        self.max_headers = max_headers
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and len(scope.get("headers", ())) > self.max_headers:
+            body = b'{"detail":"too many request header fields"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 431,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+class TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus the two read timeouts uvicorn lacks.
+
+    uvicorn (0.54) times out only an idle keep-alive connection *after* a response: a
+    connection that never completes its request line and headers (slowloris), or that
+    stops sending its body half-way, is held forever, and with it a slot of
+    `limit_concurrency`. This subclass arms one timer:
+
+    * header deadline: from the connection's start (or the first byte of the next request
+      on a keep-alive connection) until h11 has parsed the whole header block; never
+      re-armed by more bytes, so trickling one byte a second does not extend it;
+    * body idle timeout: between two reads of the request body (like nginx's
+      client_body_timeout), not counted while uvicorn itself paused reading because the
+      app has not consumed what it got.
+
+    On expiry the connection is closed (as nginx does for client_header_timeout); an app
+    waiting for the body sees a disconnect. The timeouts come from the class attributes,
+    set by `timed_protocol()` from the settings.
+    """
+
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._read_timer = None
+        self._read_timer_kind = None
+        self._arm("header", self.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            # A request has started (or the connection is new): its headers' deadline
+            # runs from the first byte and is not extended by the next ones.
+            if self._read_timer_kind != "header":
+                self._arm("header", self.header_timeout)
+        elif state is h11.SEND_BODY:
+            self._arm("body", self.body_timeout)
+        else:  # the whole request is in: the app's time, then uvicorn's keep-alive timer
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, kind: str, seconds: float) -> None:
+        self._disarm()
+        self._read_timer_kind = kind
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, kind, seconds)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_read_timer", None) is not None:
+            self._read_timer.cancel()
+        self._read_timer = None
+        self._read_timer_kind = None
+
+    def _read_timed_out(self, kind: str, seconds: float) -> None:
+        self._read_timer = None
+        self._read_timer_kind = None
+        if self.transport.is_closing():
+            return
+        if kind == "body" and self.flow.read_paused:  # waiting for the app, not the client
+            self._arm(kind, seconds)
+            return
+        self.logger.info("closing %s: its request %s took over %ss", self.client, kind, seconds)
+        self.transport.close()
+
+
+def timed_protocol(header_timeout: float, body_timeout: float) -> type[TimedH11Protocol]:
+    """A TimedH11Protocol class with these timeouts (uvicorn instantiates the class)."""
+    return type(
+        "TimedH11Protocol",
+        (TimedH11Protocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+    )

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from rakuten_mlops.serving import schemas
 from rakuten_mlops.serving.auth import AdminRole, ClientRole, KeyRing, Role
 from rakuten_mlops.serving.inference_log import Entry, InferenceLogWriter
-from rakuten_mlops.serving.limits import BodyLimitMiddleware, HeaderCountMiddleware, timed_protocol
+from rakuten_mlops.serving.limits import BodyLimitMiddleware, HeaderLimitMiddleware, timed_protocol
 from rakuten_mlops.serving.metrics import MetricsMiddleware, ServingMetrics
 from rakuten_mlops.serving.model import LoadedModel, ModelManager, configure_mlflow_client
 from rakuten_mlops.settings import Mode, Settings, get_settings
@@ -100,7 +100,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The one added last is outermost: the metrics also count the size limit's 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes(settings))
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(HeaderCountMiddleware, max_headers=settings.api_max_headers)
+    app.add_middleware(
+        HeaderLimitMiddleware,
+        max_bytes=settings.api_max_header_bytes,
+        max_headers=settings.api_max_headers,
+    )
 
     # ------------------------------------------------------------- model lifecycle
 

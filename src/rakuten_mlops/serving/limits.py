@@ -68,21 +68,23 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-class HeaderCountMiddleware:
-    """431 for requests with more than `max_headers` header fields.
+class HeaderLimitMiddleware:
+    """431 for a request line + headers over `max_bytes`, or over `max_headers` fields.
 
-    h11 bounds the bytes of the request line and headers (`h11_max_incomplete_event_size`)
-    but not how many fields they hold; thousands of tiny fields within that size would
-    still cost a Python tuple each in every middleware that scans them.
+    h11 refuses a header block that is still incomplete past `max_incomplete_event_size`
+    bytes (what keeps 64 MB headers out of memory), but one that arrives whole in a
+    single read (up to the event loop's read size, 256 KB) is parsed whatever its size;
+    and it does not count fields. This makes both limits exact.
     """
 
-    def __init__(self, app, max_headers: int):
+    def __init__(self, app, max_bytes: int, max_headers: int):
         self.app = app
+        self.max_bytes = max_bytes
         self.max_headers = max_headers
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and len(scope.get("headers", ())) > self.max_headers:
-            body = b'{"detail":"too many request header fields"}'
+        if scope["type"] == "http" and (problem := self._problem(scope)):
+            body = b'{"detail":"%s"}' % problem
             await send(
                 {
                     "type": "http.response.start",
@@ -97,6 +99,18 @@ class HeaderCountMiddleware:
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
+
+    def _problem(self, scope) -> bytes | None:
+        headers = scope.get("headers", ())
+        if len(headers) > self.max_headers:
+            return b"too many request header fields"
+        # As on the wire: "METHOD target HTTP/1.1\r\n", then "name: value\r\n" each.
+        size = len(scope["method"]) + len(scope.get("raw_path") or b"") + 12
+        size += len(scope.get("query_string") or b"") + 1
+        size += sum(len(name) + len(value) + 4 for name, value in headers)
+        if size > self.max_bytes:
+            return b"request header fields too large"
+        return None
 
 
 class TimedH11Protocol(H11Protocol):

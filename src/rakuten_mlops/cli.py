@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from rakuten_mlops.settings import env_file, get_settings, project_root, render_env_file
+from rakuten_mlops.settings import (
+    env_file,
+    get_settings,
+    needs_secret,
+    project_root,
+    render_env_file,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="Local mode: the platform as local processes.")
@@ -47,7 +53,23 @@ def init_env() -> None:
         target.chmod(0o600)
         typer.echo(f"wrote {target} with fresh random secrets")
         return
-    present = {line.partition("=")[0].strip() for line in target.read_text().splitlines()}
+    current = target.read_text()
+    # An empty secret never worked (and compose refuses it): fill it. A `change-me` one
+    # may be what local services were initialised with: only named.
+    filled = current
+    if any(needs_secret(line, placeholder_too=False) for line in current.splitlines()):
+        filled = render_env_file(current, placeholder_too=False)
+        target.write_text(filled)
+        typer.echo(f"filled the empty secret(s) of {target} with fresh random ones")
+    placeholders = [line.partition("=")[0] for line in filled.splitlines() if needs_secret(line)]
+    if placeholders:
+        typer.secho(
+            f"{target}: {', '.join(placeholders)} still `change-me` (compose refuses them); "
+            "set real values",
+            fg="yellow",
+            err=True,
+        )
+    present = {line.partition("=")[0].strip() for line in filled.splitlines()}
     missing = [
         line
         for line in rendered.splitlines()

@@ -7,6 +7,7 @@ Values come from the environment, then from `.env` (generated from `.env.example
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from enum import StrEnum
@@ -229,13 +230,28 @@ def settings_environment(
     return plain, secret
 
 
-def render_env_file(template: str) -> str:
-    """`.env.example` with every placeholder secret replaced by a fresh random one."""
+# A variable holding a secret, by its name (its value may be left empty in .env.example).
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY$|TOKEN")
+
+
+def needs_secret(line: str, *, placeholder_too: bool = True) -> bool:
+    """`KEY=` (a secret variable left empty) or `KEY=change-me`: a secret to generate."""
+    key, sep, value = line.partition("=")
+    if not sep or line.lstrip().startswith("#"):
+        return False
+    value = value.strip()
+    if value == PLACEHOLDER_SECRET:  # .env.example before secrets were left empty
+        return placeholder_too
+    return value == "" and bool(SECRET_NAME.search(key.strip()))
+
+
+def render_env_file(template: str, *, placeholder_too: bool = True) -> str:
+    """`template` with every empty or placeholder secret replaced by a fresh random one."""
     lines = []
     for line in template.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not line.lstrip().startswith("#") and value.strip() == PLACEHOLDER_SECRET:
-            line = f"{key}={_new_secret(key.strip())}"
+        if needs_secret(line, placeholder_too=placeholder_too):
+            key = line.partition("=")[0].strip()
+            line = f"{key}={_new_secret(key)}"
         lines.append(line)
     return "\n".join(lines) + "\n"
 

@@ -1,7 +1,9 @@
 """Compose mode, checked without a Docker engine: the files validate and follow the rules.
 
-`docker-compose config` renders docker-compose.yml with the values of .env.example; the
-other checks read the raw files. Nothing here starts a container or touches the network.
+`docker-compose config` renders docker-compose.yml with a .env generated from
+.env.example (as `make setup` does); the other checks read the raw files. Nothing here
+starts a container or touches the network. Issue 12 item 10: without .env, or with
+.env.example copied unchanged, compose refuses to start, naming the missing secret.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY\b|KEY_ID|TOKEN", re.IGNORECASE)
-# A secret must be exactly one interpolated variable, without a `:-default` fallback.
-PLAIN_INTERPOLATION = re.compile(r"\$\{[A-Z][A-Z0-9_]*\}")
-URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
+# A secret must be exactly one interpolated variable, without a `:-default` fallback,
+# and with a `:?message` guard that stops compose when it is empty or unset.
+GUARDED_INTERPOLATION = re.compile(r"\$\{([A-Z][A-Z0-9_]*):\?\1 is empty or unset [^}]*\}")
+URL_CREDENTIALS = re.compile(r"://(\$\{[^}]*\}|[^/\s:@]+):(\$\{[^}]*\}|[^@\s]+)@")
 BIND_HOST = "127.0.0.1"
 
 
@@ -51,9 +54,12 @@ def _compose_command() -> list[str]:
 
 @pytest.fixture(scope="module")
 def env_file(tmp_path_factory) -> Path:
-    copy = tmp_path_factory.mktemp("compose") / ".env"
-    shutil.copyfile(ENV_EXAMPLE, copy)
-    return copy
+    """A .env as `make setup` writes it: .env.example with fresh secrets."""
+    from rakuten_mlops.settings import render_env_file
+
+    generated = tmp_path_factory.mktemp("compose") / ".env"
+    generated.write_text(render_env_file(ENV_EXAMPLE.read_text()))
+    return generated
 
 
 def _compose(env_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -93,11 +99,80 @@ def _one_shot(services: dict) -> set[str]:
     }
 
 
-def test_compose_file_validates_with_env_example(env_file):
+def test_compose_file_validates_with_generated_env(env_file):
     result = _compose(env_file, "config", "-q")
     assert result.returncode == 0, result.stderr
     # Every variable the file uses is defined in .env.example (or has a default).
     assert "variable is not set" not in result.stderr, result.stderr
+
+
+def _refusal(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, "compose accepted missing secrets"
+    # The message comes last (v1 quotes the whole mapping, guards included, before it).
+    named = re.findall(r"\b([A-Z][A-Z0-9_]*) is empty or unset", result.stderr)
+    assert named, result.stderr
+    return named[-1]
+
+
+def test_compose_refuses_to_start_without_env(tmp_path):
+    empty = tmp_path / ".env"
+    empty.write_text("")
+    missing = _refusal(_compose(empty, "config", "-q"))
+    assert SECRET_NAME.search(missing) or missing.endswith(("_USER", "_EMAIL")), missing
+
+
+def test_compose_refuses_env_example_copied_unchanged(tmp_path):
+    copy = tmp_path / ".env"
+    shutil.copyfile(ENV_EXAMPLE, copy)
+    missing = _refusal(_compose(copy, "config", "-q"))
+    assert SECRET_NAME.search(missing), missing
+    assert _env_example()[missing] == ""
+
+
+def test_env_example_carries_no_usable_secret():
+    values = _env_example()
+    secrets = {key: value for key, value in values.items() if SECRET_NAME.search(key)}
+    assert "POSTGRES_PASSWORD" in secrets and "API_ADMIN_KEY" in secrets
+    usable = {key: value for key, value in secrets.items() if value and key != "S3_ACCESS_KEY"}
+    assert not usable, f"secrets with a value in .env.example: {sorted(usable)}"
+
+
+def test_every_secret_in_compose_is_guarded(raw):
+    text = COMPOSE_FILE.read_text()
+    guarded = set(GUARDED_INTERPOLATION.findall(text))
+    for name in _env_example():
+        if SECRET_NAME.search(name) and f"${{{name}" in text:
+            assert name in guarded, f"{name} has no :? guard"
+            assert not re.search(rf"\$\{{{name}\}}", text), f"{name} used without its guard"
+
+
+def test_init_env_fills_empty_secrets_and_keeps_the_rest(tmp_path):
+    """An existing .env: empty secrets filled, set ones (change-me too) never rotated."""
+    import sys
+
+    env = tmp_path / ".env"
+    env.write_text(
+        "POSTGRES_PASSWORD=\nS3_SECRET_KEY=kept-secret-value-123\nAPI_CLIENT_KEY=change-me\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "init-env"],
+        env={**os.environ, "RAKUTEN_ENV_FILE": str(env)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    values = dict(
+        line.split("=", 1)
+        for line in env.read_text().splitlines()
+        if "=" in line and line[0] != "#"
+    )
+    assert len(values["POSTGRES_PASSWORD"]) >= 24
+    assert values["S3_SECRET_KEY"] == "kept-secret-value-123"
+    assert values["API_CLIENT_KEY"] == "change-me"
+    assert "API_CLIENT_KEY" in result.stderr  # named, so the user can replace it
+    assert values["API_ADMIN_KEY"], "a key missing from .env is added with a fresh secret"
 
 
 def test_published_ports_bind_to_loopback(rendered):
@@ -162,19 +237,19 @@ def test_no_literal_secret_in_compose_file(raw):
         for key, value in environment.items():
             value = "" if value is None else str(value)
             if SECRET_NAME.search(key) and not key.endswith("_FILE"):
-                assert PLAIN_INTERPOLATION.fullmatch(value), (
-                    f"{name}: {key} must be a plain ${{VAR}} from .env, not {value!r}"
+                assert GUARDED_INTERPOLATION.fullmatch(value), (
+                    f"{name}: {key} must be a guarded ${{VAR:?...}} from .env, not {value!r}"
                 )
-            for password in URL_CREDENTIALS.findall(value):
-                assert PLAIN_INTERPOLATION.fullmatch(password), (
+            for _, password in URL_CREDENTIALS.findall(value):
+                assert GUARDED_INTERPOLATION.fullmatch(password), (
                     f"{name}: {key} embeds a literal password in a URL"
                 )
     text = COMPOSE_FILE.read_text()
     # No fallback value for a secret variable anywhere (command lines included).
     defaults = re.findall(r"\$\{([A-Z0-9_]+):?-", text)
     assert not [var for var in defaults if SECRET_NAME.search(var)], defaults
-    for password in URL_CREDENTIALS.findall(text):
-        assert PLAIN_INTERPOLATION.fullmatch(password), password
+    for _, password in URL_CREDENTIALS.findall(text):
+        assert GUARDED_INTERPOLATION.fullmatch(password), password
 
 
 def test_dockerfile_has_the_stages_compose_builds(raw):

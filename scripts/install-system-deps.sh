@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for local mode: PostgreSQL 15, Prometheus,
-# docker-compose (only to validate docker-compose.yml; no engine needed) and uv.
+# docker-compose (only to validate docker-compose.yml; no engine needed), nginx (only to
+# check and test the compose proxy's config) and uv.
 # Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -19,6 +21,10 @@ if [ ${#need[@]} -gt 0 ]; then
     # The Debian package starts a cluster of its own on 5432; local mode runs its own cluster.
     if [[ " ${need[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
         $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+    fi
+    # Likewise the Debian nginx service on port 80: tests run their own nginx.
+    if [[ " ${need[*]} " == *" nginx "* ]] && command -v service >/dev/null; then
+        $sudo service nginx stop 2>/dev/null || true
     fi
 fi
 

@@ -198,6 +198,30 @@ def serve(
         run(get_settings(), host, port)
 
 
+@app.command("tls-cert")
+def tls_cert(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="Where to write cert.pem and key.pem.")
+    ] = Path("certs"),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="Name or IP address it is for (repeat). Default: BIND_HOST, localhost."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Validity in days.")] = 365,
+    force: Annotated[bool, typer.Option(help="Replace an existing certificate.")] = False,
+) -> None:
+    """A self-signed certificate for the compose proxy (config/nginx; PROXY_CERT_DIR)."""
+    from rakuten_mlops.proxy import CERT_FILE, write_self_signed_cert
+
+    folder = folder if folder.is_absolute() else project_root() / folder
+    if (folder / CERT_FILE).exists() and not force:
+        typer.secho(f"tls-cert: {folder / CERT_FILE} exists (--force replaces it)", err=True)
+        raise typer.Exit(1)
+    hosts = host or list(dict.fromkeys([get_settings().bind_host, "localhost"]))
+    cert, key = write_self_signed_cert(folder, hosts, days)
+    typer.echo(f"wrote {cert} and {key} (0600) for {', '.join(hosts)}, valid {days} days")
+
+
 @app.command("predict-batch")
 def predict_batch(
     source_split: Annotated[

@@ -253,7 +253,7 @@ def test_oversized_headers_are_cut_off_while_health_stays_fast(api):
         assert outcome["sent"] < 64 << 20, "the whole 64 MB header was accepted"
     latencies = [seconds for status, seconds in results]
     print(
-        f"/health during 4 x 10 x 64 MB headers: {len(results)} probes, median "
+        f"/health during 4 x 25 x 64 MB headers: {len(results)} probes, median "
         f"{statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
         f"RSS {rss_before:.0f} -> {rss_after:.0f} MB"
     )

@@ -37,7 +37,7 @@ def test_local_mode_tolerates_placeholder_secrets():
 
 
 @pytest.mark.parametrize("mode", ["compose", "production"])
-@pytest.mark.parametrize("weak", [PLACEHOLDER_SECRET, "minioadmin", "short"])
+@pytest.mark.parametrize("weak", [PLACEHOLDER_SECRET, "", "minioadmin", "short"])
 def test_other_modes_refuse_default_secrets_and_name_them(mode, weak):
     with pytest.raises(ValidationError) as error:
         make(rakuten_mode=mode, s3_secret_key=weak, airflow_admin_password=weak)
@@ -87,6 +87,17 @@ def test_render_env_file_replaces_every_placeholder_with_a_distinct_secret():
     assert all(len(secret) >= 24 for secret in secrets)
     assert len(base64.urlsafe_b64decode(values["AIRFLOW_FERNET_KEY"])) == 32
     Fernet(values["AIRFLOW_FERNET_KEY"])  # accepted by Airflow's cipher
+
+
+def test_render_env_file_fills_empty_secrets_only():
+    rendered = render_env_file(
+        "POSTGRES_PASSWORD=\nAPI_CLIENT_KEY=\nGRAFANA_URL=\nPOSTGRES_USER=x\n"
+    )
+    values = dict(line.split("=", 1) for line in rendered.splitlines())
+    assert len(values["POSTGRES_PASSWORD"]) >= 24 and len(values["API_CLIENT_KEY"]) >= 24
+    assert values["GRAFANA_URL"] == "" and values["POSTGRES_USER"] == "x"  # not secrets
+    kept = render_env_file("API_ADMIN_KEY=change-me\n", placeholder_too=False)
+    assert kept == "API_ADMIN_KEY=change-me\n"
 
 
 def test_shipped_env_example_renders_to_settings_valid_in_production(tmp_path, monkeypatch):

@@ -407,3 +407,33 @@ def test_proxy_config_passes_nginx_t(rendered, tmp_path):
         check=False,
     )
     assert result.returncode != 0 and "cert.pem" in result.stderr, result.stderr
+
+
+def test_tls_cert_writes_a_private_key_and_refuses_to_overwrite(tmp_path):
+    import stat
+    import sys
+
+    from cryptography import x509
+
+    def tls_cert(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rakuten_mlops", "tls-cert", "--dir", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    made = tls_cert("--host", "127.0.0.1", "--host", "proxy.example")
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE((tmp_path / "key.pem").stat().st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate((tmp_path / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["proxy.example"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+
+    again = tls_cert()
+    assert again.returncode == 1
+    assert again.stderr.strip().endswith("exists (--force replaces it)"), again.stderr
+    assert "Traceback" not in again.stderr
+    assert tls_cert("--force").returncode == 0

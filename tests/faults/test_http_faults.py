@@ -17,7 +17,8 @@ so nothing in the user's stack is touched. Every attack is bounded in bytes and 
 The same through the compose proxy: Debian's nginx with config/nginx/nginx.conf.template
 (rendered as the image does) on loopback ports, TLS with a throw-away self-signed
 certificate, in front of the same API process: oversized and slow headers are cut off
-while /health stays fast, and requests beyond limit_conn get a 503.
+while /health stays fast, and requests beyond limit_conn get a 503; and (with the local
+stack) it forwards to the real Airflow api-server and MLflow, which accept what it sends.
 
 And item 11's serving part: a body that is not valid JSON is a 400 that says so, with
 the line and column, instead of a 422 whose "field" is a character offset.
@@ -435,7 +436,7 @@ PROXY_PER_CLIENT = 64  # limit_conn per_client
 class LocalProxy:
     """Debian's nginx running the compose proxy's template on loopback ports."""
 
-    def __init__(self, folder: Path, api_port: int):
+    def __init__(self, folder: Path, api_port: int, upstreams: dict[str, int] | None = None):
         from rakuten_mlops.proxy import SERVICES, render_nginx_config, write_self_signed_cert
 
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -446,8 +447,9 @@ class LocalProxy:
         values = {"PROXY_RUN_DIR": str(folder), "PROXY_CERT_DIR": str(folder / "certs")}
         for service in SERVICES:
             values[f"PROXY_{service}_LISTEN"] = f"127.0.0.1:{self.ports[service]}"
-            # Only the API is behind it here; the others point at a closed port.
-            upstream = api_port if service == "API" else free_port()
+            # The API; the others where given, else a closed port.
+            upstream = api_port if service == "API" else (upstreams or {}).get(service)
+            upstream = upstream or free_port()
             values[f"PROXY_{service}_UPSTREAM"] = f"127.0.0.1:{upstream}"
         config = folder / "nginx.conf"
         config.write_text(render_nginx_config(values))
@@ -616,3 +618,26 @@ def test_proxy_answers_503_beyond_its_connection_limit(proxy, api):
     while proxy.health()[0] != 200:
         assert time.monotonic() < deadline, "the proxy did not recover"
         time.sleep(0.1)
+
+
+@pytest.mark.stack
+def test_proxy_reaches_airflow_and_mlflow_of_the_local_stack(stack, settings, api, tmp_path):
+    """The same config in front of the real Airflow api-server and MLflow of `make up`:
+    what the proxy forwards (Host, X-Forwarded-*) is accepted by both."""
+    local = LocalProxy(
+        tmp_path, api.port, {"AIRFLOW": settings.airflow_port, "MLFLOW": settings.mlflow_port}
+    )
+    try:
+        for service, path in (("AIRFLOW", "/api/v2/monitor/health"), ("MLFLOW", "/health")):
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", local.ports[service], timeout=30, context=local.context
+            )
+            try:
+                conn.request("GET", path)
+                response = conn.getresponse()
+                body = response.read()
+            finally:
+                conn.close()
+            assert response.status == 200, (service, response.status, body[:300])
+    finally:
+        local.stop()

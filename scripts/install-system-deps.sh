@@ -8,6 +8,8 @@ need=()
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need+=(postgresql-15)
 command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+# setfacl: as root, local mode lets only the postgres account traverse the checkout.
+command -v setfacl >/dev/null || need+=(acl)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

@@ -388,8 +388,6 @@ def mlflow_service(settings: Settings) -> Service:
         command=[
             str(venv_bin() / "mlflow"),
             "server",
-            "--backend-store-uri",
-            settings.postgres_dsn(settings.mlflow_db, "postgresql+psycopg2"),
             "--artifacts-destination",
             f"s3://{settings.s3_bucket_mlflow}/",
             "--host",
@@ -401,7 +399,15 @@ def mlflow_service(settings: Settings) -> Service:
             "--expose-prometheus",
             str(metrics_dir),
         ],
-        env={**s3_client_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={
+            **s3_client_env(settings),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # `mlflow server --backend-store-uri` reads it; in argv its password would be
+            # readable by every local user (`ps`).
+            "MLFLOW_BACKEND_STORE_URI": settings.postgres_dsn(
+                settings.mlflow_db, "postgresql+psycopg2"
+            ),
+        },
         url=base,
         healthy=lambda: http_ok(f"{base}/health"),
         after=("postgres", "s3"),

@@ -135,13 +135,16 @@ def postgres_service(settings: Settings) -> Service:
     socket_dir = postgres_socket_dir(settings)
     user = postgres_user()
 
-    def prepare() -> None:
-        password = postgres_superuser_password(settings)  # fail before touching anything
+    def secure_folders() -> None:
         make_private_folder(state_dir(settings))
         make_private_folder(data_dir.parent, user)
         make_private_folder(socket_dir, user)
-        if user:
+        if user:  # after the chmods: a chmod resets the ACL mask
             grant_traverse(user, state_dir(settings))
+
+    def prepare() -> None:
+        password = postgres_superuser_password(settings)  # fail before touching anything
+        secure_folders()
         if not (data_dir / "PG_VERSION").is_file():
             init_cluster(data_dir, user, password)
 
@@ -158,6 +161,8 @@ def postgres_service(settings: Settings) -> Service:
     def bootstrap() -> None:
         from rakuten_mlops.localstack.bootstrap import bootstrap_postgres
 
+        # A server started by an older version keeps its open socket until it restarts.
+        secure_folders()
         bootstrap_postgres(settings, data_dir / "pg_hba.conf", user)
 
     return Service(

@@ -383,3 +383,32 @@ def test_a_10s_postgres_outage_leaves_every_service_running(stack, settings):
     assert now.get("postgres", 0) == counts.get("postgres", 0) + 1, "the watchdog restarted it"
     for name in restarted:
         assert now.get(name, 0) > counts.get(name, 0), f"{name}: new pid, no counted restart"
+
+
+def test_back_off_doubles_to_a_minute_and_resets_once_stable():
+    from rakuten_mlops.localstack.watchdog import MAX_DELAY, STABLE_SECONDS, Backoff
+
+    backoff, now, waits = Backoff(), 0.0, []
+    for _ in range(9):  # dies right after every restart
+        backoff.noticed_death(now)
+        waits.append(backoff.next_try - now)
+        now = backoff.next_try
+        assert backoff.due(now)
+        backoff.attempted(now, started=True)
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60, 60] and MAX_DELAY == 60
+    backoff.running(now + STABLE_SECONDS)  # up for a minute: healthy again
+    backoff.noticed_death(now + STABLE_SECONDS + 5)
+    assert backoff.next_try - (now + STABLE_SECONDS + 5) == 1
+
+
+def test_stopping_the_watchdog_leaves_the_services_running(stack):
+    """`down` stops the watchdog first; the services it restarted are its children and
+    must not go down with it."""
+    before = {status.name: status.pid for status in stack.status()}
+    assert stack.stop_watchdog(report=quiet)
+    try:
+        time.sleep(2)
+        assert {status.name: status.pid for status in stack.status()} == before
+    finally:
+        stack.start_watchdog(report=quiet)
+    assert stack.watchdog_process()

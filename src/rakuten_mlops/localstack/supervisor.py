@@ -267,8 +267,15 @@ class Supervisor:
         proc = self.watchdog_process()
         if proc:
             report(f"stopping the watchdog (pid {proc.pid})")
-            # It finishes the restart it may be doing (under the lock), then exits.
-            stop_process_tree(proc, signal.SIGTERM)
+            # It finishes the restart it may be doing (under the lock), then exits. Only
+            # the watchdog itself: the services it restarted are its children, and they
+            # keep running (each in its own session) until `down` stops them in order.
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
         self.watchdog_pid_file.unlink(missing_ok=True)
         return proc is not None
 

@@ -36,6 +36,8 @@ class Service:
     prepare: Callable[[], None] | None = None
     # Runs once the service is healthy (idempotent: roles, databases, buckets).
     bootstrap: Callable[[], None] | None = None
+    # Runs before `up` starts or checks anything: raises on settings it cannot do without.
+    preflight: Callable[[], None] | None = None
     start_timeout: float = 120.0
     stop_signal: str = "SIGTERM"
     # Run as this system user (PostgreSQL refuses root).
@@ -109,7 +111,9 @@ host    all       all   ::1/128       scram-sha-256
 
 
 def postgres_superuser_password(settings: Settings) -> str:
-    if settings.postgres_superuser_password is None:
+    if not settings.postgres_superuser_password or not (
+        settings.postgres_superuser_password.get_secret_value()
+    ):
         raise RuntimeError(
             "POSTGRES_SUPERUSER_PASSWORD is not set: run `make setup` (it adds it to .env)"
         )
@@ -135,6 +139,9 @@ def postgres_service(settings: Settings) -> Service:
     socket_dir = postgres_socket_dir(settings)
     user = postgres_user()
 
+    def preflight() -> None:
+        postgres_superuser_password(settings)  # raises, naming the setting, when unset
+
     def secure_folders() -> None:
         make_private_folder(state_dir(settings))
         make_private_folder(data_dir.parent, user)
@@ -155,7 +162,7 @@ def postgres_service(settings: Settings) -> Service:
             with psycopg.connect(**postgres_superuser_kwargs(settings), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
             return True
-        except psycopg.Error:
+        except (psycopg.Error, RuntimeError):  # RuntimeError: no password (preflight says so)
             return False
 
     def bootstrap() -> None:
@@ -185,6 +192,7 @@ def postgres_service(settings: Settings) -> Service:
         healthy=healthy,
         prepare=prepare,
         bootstrap=bootstrap,
+        preflight=preflight,
         start_timeout=60,
         stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown
         user=user,

@@ -192,6 +192,9 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         by_name = {service.name: service for service in self.services}
         started: list[str] = []
+        for service in self.services:
+            if service.preflight:
+                self._run_step(service, service.preflight, "check")
         with self.locked():
             for service in self.services:
                 # `up` means every service: one stopped on purpose is watched again.

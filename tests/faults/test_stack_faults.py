@@ -300,6 +300,30 @@ def test_a_trust_cluster_of_an_older_version_is_migrated(private_postgres):
     assert_passwords_required(settings)
 
 
+def test_init_env_gives_an_older_env_file_a_superuser_password(tmp_path):
+    """A .env written before issue 12 lacks POSTGRES_SUPERUSER_PASSWORD: `make setup`
+    (init-env) adds a fresh one, and `stack up` needs it."""
+    old = tmp_path / ".env"
+    kept = [
+        line
+        for line in env_file().read_text().splitlines()
+        if not line.startswith("POSTGRES_SUPERUSER_PASSWORD=")
+    ]
+    old.write_text("\n".join(kept) + "\n")
+    old.chmod(0o600)
+    result = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "init-env"],
+        env={**os.environ, "RAKUTEN_ENV_FILE": str(old)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    added = dotenv_values(old)["POSTGRES_SUPERUSER_PASSWORD"]
+    assert added != "change-me" and len(added) >= 24
+    assert old.stat().st_mode & 0o077 == 0
+
+
 # ---------------------------------------------------------------- secrets never on a command line
 
 

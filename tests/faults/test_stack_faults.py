@@ -350,7 +350,8 @@ def test_no_secret_on_any_command_line(stack, settings):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("name", ["prometheus", "airflow-triggerer"])
+# postgres: its orphaned backends must go before a new postmaster can start.
+@pytest.mark.parametrize("name", ["prometheus", "airflow-triggerer", "postgres"])
 def test_a_killed_service_is_restarted_and_counted(stack, name):
     assert stack.watchdog_process(), "stack up leaves a watchdog"
     service = stack.service(name)

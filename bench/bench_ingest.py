@@ -105,10 +105,9 @@ def admin_connection(settings):
     """The local cluster's superuser over its socket (creating databases needs it)."""
     import psycopg
 
-    from rakuten_mlops.localstack.services import postgres_socket_dir
+    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
 
-    return psycopg.connect(host=str(postgres_socket_dir(settings)), port=settings.postgres_port,
-                           user="postgres", dbname="postgres", autocommit=True)
+    return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 
 
 def recreate_database(settings) -> None:

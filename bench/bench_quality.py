@@ -95,15 +95,9 @@ def window_frame(reference):
 def admin_connection(settings):
     import psycopg
 
-    from rakuten_mlops.localstack.services import postgres_socket_dir
+    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
 
-    return psycopg.connect(
-        host=str(postgres_socket_dir(settings)),
-        port=settings.postgres_port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    )
+    return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 
 
 def set_up(settings, reference, window) -> None:

@@ -10,6 +10,8 @@ need=()
 command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+# setfacl: as root, local mode lets only the postgres account traverse the checkout.
+command -v setfacl >/dev/null || need+=(acl)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

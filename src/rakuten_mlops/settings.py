@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     postgres_db: str = "rakuten_lake"
     airflow_db: str = "airflow"
     mlflow_db: str = "mlflow"
+    # Local mode only: the password of the local cluster's `postgres` superuser (every
+    # connection to it needs a password, the local socket included).
+    postgres_superuser_password: SecretStr | None = None
 
     s3_host: str = "127.0.0.1"
     s3_port: int = Field(8333, ge=1, le=65535)

@@ -29,10 +29,9 @@ SAMPLE = PROJECT / "raw_data"
 
 
 def _admin(settings) -> psycopg.Connection:
-    from rakuten_mlops.localstack.services import postgres_socket_dir
+    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
 
-    return psycopg.connect(host=str(postgres_socket_dir(settings)), port=settings.postgres_port,
-                           user="postgres", dbname="postgres", autocommit=True)
+    return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 
 
 @dataclass

@@ -12,23 +12,23 @@ from psycopg import sql
 from rakuten_mlops.settings import Settings
 
 
-def bootstrap_postgres(settings: Settings, socket_dir: Path) -> None:
-    """The project role (its password kept in sync with .env) and its three databases."""
-    password = settings.postgres_password.get_secret_value()
-    with psycopg.connect(
-        host=str(socket_dir),
-        port=settings.postgres_port,
-        user="postgres",
-        dbname="postgres",
-        autocommit=True,
-    ) as conn:
+def bootstrap_postgres(settings: Settings, hba_file: Path, owner: str | None) -> None:
+    """Password authentication everywhere, the project role (its password kept in sync
+    with .env) and its three databases."""
+    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+
+    with psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True) as conn:
+        require_passwords(conn, settings, hba_file, owner)
         role = sql.Identifier(settings.postgres_user)
         exists = conn.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = %s", (settings.postgres_user,)
         ).fetchone()
         verb = sql.SQL("ALTER") if exists else sql.SQL("CREATE")
+        verifier = scram_verifier(
+            conn, settings.postgres_user, settings.postgres_password.get_secret_value()
+        )
         conn.execute(
-            sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(verb, role, sql.Literal(password))
+            sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(verb, role, sql.Literal(verifier))
         )
         for database in (settings.postgres_db, settings.airflow_db, settings.mlflow_db):
             found = conn.execute(
@@ -38,6 +38,52 @@ def bootstrap_postgres(settings: Settings, socket_dir: Path) -> None:
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role)
                 )
+
+
+def scram_verifier(conn: psycopg.Connection, user: str, password: str) -> str:
+    """The SCRAM verifier of a password, computed by libpq: the server (and its logs)
+    never see the password itself."""
+    return conn.pgconn.encrypt_password(
+        password.encode(), user.encode(), b"scram-sha-256"
+    ).decode()
+
+
+def require_passwords(
+    conn: psycopg.Connection, settings: Settings, hba_file: Path, owner: str | None
+) -> None:
+    """Give the superuser its password from .env, then make pg_hba.conf ask everyone for one.
+
+    In this order, a cluster created by an older version with `trust` on the socket is
+    migrated while trust still lets us in; its socket is already private meanwhile.
+    """
+    from rakuten_mlops.localstack.services import PG_HBA, postgres_superuser_password
+
+    verifier = scram_verifier(conn, "postgres", postgres_superuser_password(settings))
+    conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(verifier)))
+    if hba_file.read_text() == PG_HBA:
+        return
+    replace_file(hba_file, PG_HBA, owner)
+    conn.execute("SELECT pg_reload_conf()")
+    errors = conn.execute(
+        "SELECT line_number, error FROM pg_hba_file_rules WHERE error IS NOT NULL"
+    ).fetchall()
+    if errors:
+        raise RuntimeError(f"PostgreSQL rejected {hba_file}: {errors}")
+
+
+def replace_file(path: Path, text: str, owner: str | None) -> None:
+    """Write a 0600 file atomically (a reader sees the old or the new content)."""
+    import os
+    import shutil
+
+    temporary = path.with_name(f".{path.name}.new")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    if owner:
+        shutil.chown(temporary, owner)
+    os.replace(temporary, path)
 
 
 def write_airflow_passwords(settings: Settings, path: Path) -> None:

@@ -36,6 +36,8 @@ class Service:
     prepare: Callable[[], None] | None = None
     # Runs once the service is healthy (idempotent: roles, databases, buckets).
     bootstrap: Callable[[], None] | None = None
+    # Runs before `up` starts or checks anything: raises on settings it cannot do without.
+    preflight: Callable[[], None] | None = None
     start_timeout: float = 120.0
     stop_signal: str = "SIGTERM"
     # Run as this system user (PostgreSQL refuses root).
@@ -92,66 +94,83 @@ def postgres_socket_dir(settings: Settings) -> Path:
     return state_dir(settings) / "postgres" / "run"
 
 
+def postgres_data_dir(settings: Settings) -> Path:
+    return state_dir(settings) / "postgres" / "data"
+
+
+# What `stack up` keeps in the cluster's pg_hba.conf: a password (SCRAM) on every
+# connection. The socket is private too, but a password does not depend on folder modes.
+PG_HBA = """\
+# Written by rakuten-mlops local mode (`stack up` restores it): a password (SCRAM) on
+# every connection, the local socket included.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+local   all       all                 scram-sha-256
+host    all       all   127.0.0.1/32  scram-sha-256
+host    all       all   ::1/128       scram-sha-256
+"""
+
+
+def postgres_superuser_password(settings: Settings) -> str:
+    if not settings.postgres_superuser_password or not (
+        settings.postgres_superuser_password.get_secret_value()
+    ):
+        raise RuntimeError(
+            "POSTGRES_SUPERUSER_PASSWORD is not set: run `make setup` (it adds it to .env)"
+        )
+    return settings.postgres_superuser_password.get_secret_value()
+
+
+def postgres_superuser_kwargs(settings: Settings) -> dict:
+    """`psycopg.connect` keywords for the local cluster's superuser over its socket.
+
+    The password goes as a keyword (libpq sends it over the socket), never in an argv.
+    """
+    return {
+        "host": str(postgres_socket_dir(settings)),
+        "port": settings.postgres_port,
+        "user": "postgres",
+        "password": postgres_superuser_password(settings),
+        "dbname": "postgres",
+    }
+
+
 def postgres_service(settings: Settings) -> Service:
-    data_dir = state_dir(settings) / "postgres" / "data"
+    data_dir = postgres_data_dir(settings)
     socket_dir = postgres_socket_dir(settings)
     user = postgres_user()
 
-    def prepare() -> None:
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        if user:
-            _make_traversable_for_others(state_dir(settings))
-            shutil.chown(data_dir.parent, user)
-            shutil.chown(socket_dir, user)
-        if (data_dir / "PG_VERSION").is_file():
-            return
-        import subprocess
+    def preflight() -> None:
+        postgres_superuser_password(settings)  # raises, naming the setting, when unset
 
-        data_dir.mkdir(mode=0o700, exist_ok=True)
-        if user:
-            shutil.chown(data_dir, user)
-        result = subprocess.run(
-            [
-                postgres_bin("initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                # Superuser only over the project's own socket; the app role needs a password.
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-            ],
-            **drop_privileges(user),
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
+    def secure_folders() -> None:
+        make_private_folder(state_dir(settings))
+        make_private_folder(data_dir.parent, user)
+        make_private_folder(socket_dir, user)
+        if user:  # after the chmods: a chmod resets the ACL mask
+            grant_traverse(user, state_dir(settings))
+
+    def prepare() -> None:
+        password = postgres_superuser_password(settings)  # fail before touching anything
+        secure_folders()
+        if not (data_dir / "PG_VERSION").is_file():
+            init_cluster(data_dir, user, password)
 
     def healthy() -> bool:
         import psycopg
 
         try:
-            with psycopg.connect(
-                host=str(socket_dir),
-                port=settings.postgres_port,
-                user="postgres",
-                dbname="postgres",
-                connect_timeout=2,
-            ) as conn:
+            with psycopg.connect(**postgres_superuser_kwargs(settings), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
             return True
-        except psycopg.Error:
+        except (psycopg.Error, RuntimeError):  # RuntimeError: no password (preflight says so)
             return False
 
     def bootstrap() -> None:
         from rakuten_mlops.localstack.bootstrap import bootstrap_postgres
 
-        bootstrap_postgres(settings, socket_dir)
+        # A server started by an older version keeps its open socket until it restarts.
+        secure_folders()
+        bootstrap_postgres(settings, data_dir / "pg_hba.conf", user)
 
     return Service(
         name="postgres",
@@ -165,11 +184,15 @@ def postgres_service(settings: Settings) -> Service:
             f"listen_addresses={settings.bind_host}",
             "-c",
             f"unix_socket_directories={socket_dir}",
+            # Only the service account (and root) may even open the socket.
+            "-c",
+            "unix_socket_permissions=0700",
         ],
         url=f"postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}",
         healthy=healthy,
         prepare=prepare,
         bootstrap=bootstrap,
+        preflight=preflight,
         start_timeout=60,
         stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown
         user=user,
@@ -177,12 +200,90 @@ def postgres_service(settings: Settings) -> Service:
     )
 
 
-def _make_traversable_for_others(path: Path) -> None:
-    """Let the postgres account reach the project-local data dir (e.g. under `mktemp -d`)."""
-    for folder in [path, *path.parents]:
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            folder.chmod(mode | 0o001)
+def init_cluster(data_dir: Path, user: str | None, password: str) -> None:
+    """initdb with SCRAM everywhere; the superuser password passes through a 0600 file
+    owned by the service account (initdb reads `--pwfile`), removed right after."""
+    import subprocess
+
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    if user:
+        shutil.chown(data_dir, user)
+    password_file = data_dir.parent / "initdb-password"
+    password_file.unlink(missing_ok=True)
+    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(password + "\n")
+        if user:
+            shutil.chown(password_file, user)
+        result = subprocess.run(
+            [
+                postgres_bin("initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth=scram-sha-256",
+                f"--pwfile={password_file}",
+            ],
+            **drop_privileges(user),
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        password_file.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
+
+
+def make_private_folder(folder: Path, owner: str | None = None) -> None:
+    """The folder exists, is 0700, and belongs to `owner` (default: whoever runs us)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    if owner:
+        shutil.chown(folder, owner, owner_group(owner))
+
+
+def owner_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
+def grant_traverse(user: str, folder: Path) -> None:
+    """Let exactly `user` (the postgres account) reach the data dir under `folder`.
+
+    A POSIX ACL entry `u:USER:x` on each folder on the way that others cannot traverse:
+    the folders stay closed to every other account (no `o+x`).
+    """
+    import pwd
+    import subprocess
+
+    uid = pwd.getpwnam(user).pw_uid
+    setfacl = shutil.which("setfacl") or "setfacl"
+    for current in [folder, *folder.parents]:
+        info = current.stat()
+        if info.st_uid == uid or info.st_mode & 0o001:
+            continue
+        try:
+            result = subprocess.run(
+                [setfacl, "-m", f"u:{user}:x", str(current)],
+                check=False,
+                capture_output=True,
+                text=True,
+            )
+            failure = result.stderr.strip() if result.returncode else ""
+        except FileNotFoundError:
+            failure = "setfacl not found"
+        if failure:
+            raise RuntimeError(
+                f"cannot let the {user} account traverse {current} ({failure}); install "
+                "Debian's `acl` (`make setup`) or keep the checkout on a file system with ACLs"
+            )
 
 
 # --------------------------------------------------------------------------- S3
@@ -300,8 +401,6 @@ def mlflow_service(settings: Settings) -> Service:
         command=[
             str(venv_bin() / "mlflow"),
             "server",
-            "--backend-store-uri",
-            settings.postgres_dsn(settings.mlflow_db, "postgresql+psycopg2"),
             "--artifacts-destination",
             f"s3://{settings.s3_bucket_mlflow}/",
             "--host",
@@ -313,7 +412,15 @@ def mlflow_service(settings: Settings) -> Service:
             "--expose-prometheus",
             str(metrics_dir),
         ],
-        env={**s3_client_env(settings), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={
+            **s3_client_env(settings),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # `mlflow server --backend-store-uri` reads it; in argv its password would be
+            # readable by every local user (`ps`).
+            "MLFLOW_BACKEND_STORE_URI": settings.postgres_dsn(
+                settings.mlflow_db, "postgresql+psycopg2"
+            ),
+        },
         url=base,
         healthy=lambda: http_ok(f"{base}/health"),
         after=("postgres", "s3"),

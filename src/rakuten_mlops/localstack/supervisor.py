@@ -2,17 +2,23 @@
 
 Each started process is recorded in `<stack>/run/<name>.pid` as "pid create_time", so
 `down` stops exactly the processes `up` started (a recycled pid never matches) and
-`up` restarts only what is not running.
+`up` restarts only what is not running. `up` also leaves a watchdog (`watchdog.py`)
+that restarts a service that dies; every start or stop, by `up`, `down` or the
+watchdog, happens under one lock file (`run/supervisor.lock`), so they never race.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +48,10 @@ class ServiceStatus:
     healthy: bool
     url: str
     log: Path
+    # Times the watchdog restarted it since `up` (reset by `down`).
+    restarts: int = 0
+    # The watchdog leaves it alone (`stack stop NAME`) until `stack start NAME` or `up`.
+    held: bool = False
 
     @property
     def state(self) -> str:
@@ -53,10 +63,17 @@ class ServiceStatus:
 class Supervisor:
     def __init__(self, settings: Settings, services: list[Service] | None = None):
         self.settings = settings
+        # The watchdog is a separate process that rebuilds the services from the
+        # settings: only the full local stack can have one.
+        self.watchable = services is None
         self.services = services if services is not None else local_services(settings)
         self.root = state_dir(settings)
         self.run_dir = self.root / "run"
         self.log_dir = self.root / "logs"
+        self.watchdog_pid_file = self.run_dir / "watchdog.pid"
+        self.restarts_file = self.run_dir / "restarts.json"
+        self._lock_depth = 0
+        self._lock_handle = None
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -68,27 +85,86 @@ class Supervisor:
 
     def process(self, service: Service) -> psutil.Process | None:
         """The live process `up` started for this service, or None."""
+        return live_process(self._pid_file(service))
+
+    def service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        names = ", ".join(service.name for service in self.services)
+        raise StackError(f"no service named {name!r} (services: {names})")
+
+    # ----------------------------------------------------------------- lock, holds, counts
+
+    @contextlib.contextmanager
+    def locked(self, wait: bool = True) -> Iterator[bool]:
+        """Hold the stack's lock (re-entrant in this process); yields False when `wait`
+        is off and another process holds it."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield True
+            finally:
+                self._lock_depth -= 1
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_dir / "supervisor.lock", "a")  # noqa: SIM115 - held below
         try:
-            pid, created = self._pid_file(service).read_text().split()
-            proc = psutil.Process(int(pid))
-            same_process = abs(proc.create_time() - float(created)) < 0.01
-            if same_process and proc.status() != psutil.STATUS_ZOMBIE:
-                return proc
-        except (FileNotFoundError, ValueError, psutil.Error):
-            pass
-        return None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            self._lock_depth = 1
+            try:
+                yield True
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        finally:
+            handle.close()
+
+    def _hold_file(self, service: Service) -> Path:
+        return self.run_dir / f"{service.name}.held"
+
+    def held(self, service: Service) -> bool:
+        return self._hold_file(service).exists()
+
+    def hold(self, name: str) -> None:
+        """The watchdog leaves this service alone (stopped on purpose) until `release`."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._hold_file(self.service(name)).touch()
+
+    def release(self, name: str) -> None:
+        self._hold_file(self.service(name)).unlink(missing_ok=True)
+
+    def restart_counts(self) -> dict[str, int]:
+        try:
+            return json.loads(self.restarts_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def count_restart(self, service: Service) -> int:
+        counts = self.restart_counts()
+        counts[service.name] = counts.get(service.name, 0) + 1
+        temporary = self.restarts_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(counts))
+        os.replace(temporary, self.restarts_file)  # a reader never sees half a file
+        return counts[service.name]
 
     def owned_pids(self) -> set[int]:
         """Every process of the project: the started ones and all their descendants."""
         pids = set()
-        for service in self.services:
-            if proc := self.process(service):
+        leaders = [self.process(service) for service in self.services]
+        for proc in [*leaders, self.watchdog_process()]:
+            if proc:
                 pids.add(proc.pid)
                 pids.update(child.pid for child in proc.children(recursive=True))
         return pids
 
     def status(self) -> list[ServiceStatus]:
         result = []
+        restarts = self.restart_counts()
         for service in self.services:
             proc = self.process(service)
             result.append(
@@ -98,14 +174,17 @@ class Supervisor:
                     healthy=bool(proc) and service.healthy(),
                     url=service.url,
                     log=self.log_path(service),
+                    restarts=restarts.get(service.name, 0),
+                    held=self.held(service),
                 )
             )
         return result
 
     # ----------------------------------------------------------------- up
 
-    def up(self, report=print) -> list[str]:
-        """Start every service that is not running; wait until all are healthy.
+    def up(self, report=print, watch: bool = True) -> list[str]:
+        """Start every service that is not running; wait until all are healthy; leave a
+        watchdog running (`watch`, full stack only).
 
         Returns the names of the services it started.
         """
@@ -114,18 +193,94 @@ class Supervisor:
         by_name = {service.name: service for service in self.services}
         started: list[str] = []
         for service in self.services:
-            for dependency in service.after:
-                self._wait_healthy(by_name[dependency], report)
-            if not self.process(service):
-                self._start(service, report)
-                started.append(service.name)
-            # Later services need what bootstrap creates (roles, databases, buckets).
-            if service.bootstrap:
+            if service.preflight:
+                self._run_step(service, service.preflight, "check")
+        with self.locked():
+            for service in self.services:
+                # `up` means every service: one stopped on purpose is watched again.
+                self._hold_file(service).unlink(missing_ok=True)
+            for service in self.services:
+                for dependency in service.after:
+                    self._wait_healthy(by_name[dependency], report)
+                if not self.process(service):
+                    self._start(service, report)
+                    started.append(service.name)
+                # Later services need what bootstrap creates (roles, databases, buckets).
+                if service.bootstrap:
+                    self._wait_healthy(service, report)
+                    self._run_step(service, service.bootstrap, "bootstrap")
+            for service in self.services:
                 self._wait_healthy(service, report)
-                self._run_step(service, service.bootstrap, "bootstrap")
-        for service in self.services:
-            self._wait_healthy(service, report)
+            if watch and self.watchable:
+                self.start_watchdog(report)
         return started
+
+    def start_service(self, name: str, report=print) -> bool:
+        """Watch the service again and start it now if it is not running; True if started."""
+        service = self.service(name)
+        with self.locked():
+            self.release(name)
+            if self.process(service):
+                return False
+            for dependency in service.after:
+                self._wait_healthy(self.service(dependency), report)
+            self.restart(service, report)
+            self._wait_healthy(service, report)
+            return True
+
+    def stop_service(self, name: str, report=print) -> bool:
+        """Stop one service and keep the watchdog off it until `start_service` or `up`."""
+        service = self.service(name)
+        with self.locked():
+            self.hold(name)
+            proc = self.process(service)
+            if proc:
+                report(f"stopping {service.name} (pid {proc.pid})")
+                stop_process_tree(proc, getattr(signal, service.stop_signal))
+            return proc is not None
+
+    def restart(self, service: Service, report=print) -> None:
+        """Start a service that died: what its last run left behind goes first (children
+        still holding its port), then the same prepare steps and start as `up`."""
+        reap_orphans(self._pid_file(service))
+        self._start(service, report)
+
+    # ----------------------------------------------------------------- watchdog
+
+    def watchdog_process(self) -> psutil.Process | None:
+        return live_process(self.watchdog_pid_file)
+
+    def start_watchdog(self, report=print) -> None:
+        if self.watchdog_process():
+            return
+        log = self.log_dir / "watchdog.log"
+        report(f"starting the watchdog (log: {log})")
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rakuten_mlops", "stack", "watch"],
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=self.root.parent,
+                start_new_session=True,  # outlives `up`, like the services
+            )
+        write_pid_file(self.watchdog_pid_file, proc.pid)
+
+    def stop_watchdog(self, report=print) -> bool:
+        proc = self.watchdog_process()
+        if proc:
+            report(f"stopping the watchdog (pid {proc.pid})")
+            # It finishes the restart it may be doing (under the lock), then exits. Only
+            # the watchdog itself: the services it restarted are its children, and they
+            # keep running (each in its own session) until `down` stops them in order.
+            proc.terminate()
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except psutil.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.watchdog_pid_file.unlink(missing_ok=True)
+        return proc is not None
 
     def _start(self, service: Service, report) -> None:
         for port in service.ports:
@@ -154,8 +309,7 @@ class Supervisor:
                 **drop_privileges(service.user),
                 start_new_session=True,  # its own process group: `down` stops all of it
             )
-        created = psutil.Process(proc.pid).create_time()
-        self._pid_file(service).write_text(f"{proc.pid} {created}")
+        write_pid_file(self._pid_file(service), proc.pid)
 
     def _run_step(self, service: Service, step, what: str) -> None:
         try:
@@ -192,16 +346,72 @@ class Supervisor:
     # ----------------------------------------------------------------- down
 
     def down(self, report=print) -> list[str]:
-        """Stop, in reverse start order, exactly the processes `up` started."""
+        """Stop, in reverse start order, exactly the processes `up` started.
+
+        The watchdog goes first, so nothing is restarted behind `down`'s back.
+        """
+        self.stop_watchdog(report)
         stopped = []
-        for service in reversed(self.services):
-            proc = self.process(service)
-            if proc:
-                report(f"stopping {service.name} (pid {proc.pid})")
-                stop_process_tree(proc, getattr(signal, service.stop_signal))
-                stopped.append(service.name)
-            self._pid_file(service).unlink(missing_ok=True)
+        with self.locked():
+            for service in reversed(self.services):
+                proc = self.process(service)
+                if proc:
+                    report(f"stopping {service.name} (pid {proc.pid})")
+                    stop_process_tree(proc, getattr(signal, service.stop_signal))
+                    stopped.append(service.name)
+                else:
+                    reap_orphans(self._pid_file(service))
+                self._pid_file(service).unlink(missing_ok=True)
+                self._hold_file(service).unlink(missing_ok=True)
+            self.restarts_file.unlink(missing_ok=True)
         return stopped
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
+
+
+def live_process(pid_file: Path) -> psutil.Process | None:
+    """The live process a pid file names ("pid create_time"), or None (a recycled pid
+    has another start time)."""
+    try:
+        pid, created = pid_file.read_text().split()
+        proc = psutil.Process(int(pid))
+        same_process = abs(proc.create_time() - float(created)) < 0.01
+        if same_process and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except (FileNotFoundError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def reap_orphans(pid_file: Path) -> None:
+    """Stop what is left of a dead leader's process group (e.g. workers still holding
+    its port after a `kill -9` of the leader).
+
+    Each service leads its own group, whose id is the leader's pid. While no process has
+    that pid, a process in that group can only be one the leader left behind: the
+    kernel does not reuse a pid as long as a group with that id exists.
+    """
+    try:
+        group = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    if psutil.pid_exists(group):
+        return  # the leader itself, or a new process with its pid: not ours to touch
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == group:
+                members.append(proc)
+    for member in members:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(members, timeout=10)
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def stop_process_tree(proc: psutil.Process, sig: signal.Signals) -> None:

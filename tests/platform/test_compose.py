@@ -25,7 +25,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY\b|KEY_ID|TOKEN", re.IGNORECASE)
 # A secret must be exactly one interpolated variable, without a `:-default` fallback,
 # and with a `:?message` guard that stops compose when it is empty or unset.
-GUARDED_INTERPOLATION = re.compile(r"\$\{([A-Z][A-Z0-9_]*):\?\1 is empty or unset [^}]*\}")
+# The guard's message names the variable (compose prints only the message).
+GUARDED_INTERPOLATION = re.compile(r"\$\{([A-Z][A-Z0-9_]*):\?[^}]*\b\1\b[^}]*\}")
 URL_CREDENTIALS = re.compile(r"://(\$\{[^}]*\}|[^/\s:@]+):(\$\{[^}]*\}|[^@\s]+)@")
 BIND_HOST = "127.0.0.1"
 
@@ -108,10 +109,12 @@ def test_compose_file_validates_with_generated_env(env_file):
 
 def _refusal(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0, "compose accepted missing secrets"
-    # The message comes last (v1 quotes the whole mapping, guards included, before it).
-    named = re.findall(r"\b([A-Z][A-Z0-9_]*) is empty or unset", result.stderr)
+    # The guard's message comes last (v1 quotes the whole mapping, guards included,
+    # before it; v2 ends with "required variable X is missing a value: <message>").
+    message = result.stderr.strip().splitlines()[-1].rsplit(": ", 1)[-1]
+    named = [word for word in re.findall(r"\b[A-Z][A-Z0-9_]+\b", message) if word in _env_example()]
     assert named, result.stderr
-    return named[-1]
+    return named[0]
 
 
 def test_compose_refuses_to_start_without_env(tmp_path):

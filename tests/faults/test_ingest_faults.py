@@ -242,17 +242,31 @@ def test_a_date_with_an_offset_is_honoured():
 # --------------------------------------------------------------------------- item 8
 
 
+SLEEPING = ("FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            " AND query LIKE 'SELECT pg_sleep(3600)%%'")
+
+
 def backends_sleeping(lake) -> int:
     from rakuten_mlops.storage import connect
 
     with connect(lake.settings, database="postgres", autocommit=True) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
-            " AND query LIKE 'SELECT pg_sleep(3600)%%' AND pid <> pg_backend_pid()",
-            (lake.settings.postgres_db,)).fetchone()[0]
+        return conn.execute(f"SELECT count(*) {SLEEPING}",
+                            (lake.settings.postgres_db,)).fetchone()[0]
 
 
-def test_load_killed_in_a_long_statement_is_rerun_within_10s_and_ends_exactly_once(lake):
+@pytest.fixture()
+def no_stalled_backend_left(lake):
+    """Whatever happens, no stalled session of the killed run outlives the test."""
+    yield
+    from rakuten_mlops.storage import connect
+
+    with connect(lake.settings, database="postgres", autocommit=True) as conn:
+        conn.execute(f"SELECT pg_terminate_backend(pid) {SLEEPING}",
+                     (lake.settings.postgres_db,))
+
+
+def test_load_killed_in_a_long_statement_is_rerun_within_10s_and_ends_exactly_once(
+        lake, no_stalled_backend_left):
     # The image phase stalls in one long statement on its locked session, as the
     # 7-minute `_record_missing` did, while its workers store every image.
     stall = {**lake.env, "RAKUTEN_TEST_STALL_POINT": "images_before_missing"}

@@ -57,7 +57,9 @@ def test_wrong_field_count_is_malformed_with_its_line(tmp_path):
     path = write(tmp_path / "x.csv", HEADER + "0,A,,11\n1,B,,12,22\n2,C,,13,23,extra\n")
     records = read_csv(path, X_HEADER, X_INT_COLUMNS)
     assert [(r.line, r.malformed) for r in records] == [
-        (2, "expected 5 fields, found 4"), (3, None), (4, "expected 5 fields, found 6")]
+        (2, "expected 5 fields, found 4: no imageid column"), (3, None),
+        (4, "expected 5 fields, found 6: extra field after imageid (an unquoted comma in a"
+            " text column?)")]
 
 
 def test_invalid_utf8_is_flagged_on_its_record_only(tmp_path):

@@ -91,13 +91,12 @@ def batch_summary(conn: psycopg.Connection, batch_id: int) -> dict:
 
 
 def _already_loaded_note(already: dict[str, int], rows_read: int) -> str | None:
-    """Why a batch read fewer records than its folder holds, in words."""
-    if not already:
+    """Why a batch read no record at all, in words (`already_loaded` has the counts)."""
+    if not already or rows_read:
         return None
     where = ", ".join(f"{count} in batch {batch}" for batch, count in already.items())
-    skipped = sum(already.values())
-    return (f"{skipped} records skipped: their indices were already loaded ({where})"
-            + ("; nothing new to load" if rows_read == 0 else ""))
+    return (f"{sum(already.values())} records skipped: their indices were already loaded "
+            f"({where}); nothing new to load")
 
 
 def finalize(settings: Settings, batch_id: int) -> dict:

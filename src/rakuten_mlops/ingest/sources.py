@@ -219,7 +219,7 @@ def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iter
             if has_bad_utf8 and any(_SURROGATE.search(value) for value in fields):
                 record.bad_utf8 = True
             if len(fields) != len(header):
-                record.malformed = f"expected {len(header)} fields, found {len(fields)}"
+                record.malformed = _field_count_problem(header, fields)
             elif end > start and (problem := id_problem(fields, int_columns)):
                 # A multi-line record with a broken id is a quote out of step with the
                 # file: report it and read its other lines again as records of their own.
@@ -233,6 +233,15 @@ def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iter
         pos = restart
     if not seen_header:
         raise IngestError(f"{path.name}: the file is empty (no header line)")
+
+
+def _field_count_problem(header: list[str], fields: list[str]) -> str:
+    """What a record with the wrong number of fields lacks or has too many of, by column."""
+    names = [name or "index" for name in header]
+    found = f"expected {len(header)} fields, found {len(fields)}"
+    if len(fields) < len(header):
+        return f"{found}: no {', '.join(names[len(fields):])} column"
+    return f"{found}: extra field after {names[-1]} (an unquoted comma in a text column?)"
 
 
 _PLAIN_LABELS = re.compile(r"(?:\d+,\d+\n)*(?:\d+,\d+\n?)?")

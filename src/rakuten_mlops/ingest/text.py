@@ -406,7 +406,8 @@ def _load_text(settings: Settings, run_id: str, slice_spec: str | None,
                      sum(len(f) for f in source.image_files.values()))
             all_rejects = [*planner.rejects, *file_rejects, *image_rejects]
             write_rejects(conn, batch_id, all_rejects)
-            already = _report_already_loaded(batch_id, planner.already_loaded)
+            already = _report_already_loaded(batch_id, planner.already_loaded,
+                                             planner.slice_records)
             common = (planner.slice_records, planner.remaining, len(planner.rejects),
                       len(all_rejects), time.perf_counter() - started,
                       json.dumps({"already_loaded": already}))
@@ -467,13 +468,18 @@ def _assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
     return subsets
 
 
-def _report_already_loaded(batch_id: int, counts: dict[int, int]) -> dict[str, int]:
+def _report_already_loaded(batch_id: int, counts: dict[int, int],
+                           slice_records: int) -> dict[str, int]:
     """Log the records skipped because earlier batches loaded them (a folder of rows the
-    lake already holds otherwise "succeeds" with 0 rows read and no word of why)."""
+    lake already holds otherwise "succeeds" with 0 rows read and no word of why): a
+    warning when that leaves nothing to load, else the usual course of incremental
+    slices."""
     if counts:
-        log.warning("batch %d: %d records skipped: their indices were already loaded (%s)",
-                    batch_id, sum(counts.values()),
-                    ", ".join(f"{n} in batch {b}" for b, n in sorted(counts.items())))
+        log.log(logging.INFO if slice_records else logging.WARNING,
+                "batch %d: %d records skipped: their indices were already loaded (%s)%s",
+                batch_id, sum(counts.values()),
+                ", ".join(f"{n} in batch {b}" for b, n in sorted(counts.items())),
+                "" if slice_records else "; nothing new to load")
     return {str(batch): count for batch, count in sorted(counts.items())}
 
 

@@ -275,8 +275,10 @@ def _stage_file_names(conn: psycopg.Connection, files: dict[str, set[str]]) -> N
     conn.execute("TRUNCATE image_files")
     # write_row escapes tabs, newlines and backslashes; printable: a name that is not
     # UTF-8 is never a product's image name, but must not fail the COPY either.
-    copy_rows(conn.cursor(), "COPY image_files FROM STDIN",
-              ((split, printable(name)) for split, names in files.items() for name in names))
+    with conn.cursor() as cur:
+        copy_rows(cur, "COPY image_files FROM STDIN",
+                  ((split, printable(name)) for split, names in files.items()
+                   for name in names))
     conn.execute("ANALYZE image_files")
 
 

@@ -174,7 +174,9 @@ def lake_summary_command() -> None:
 
     from rakuten_mlops.ingest import lake_summary
 
-    typer.echo(json.dumps(lake_summary(get_settings()), indent=2))
+    with _service_down("lake-summary"):
+        summary = lake_summary(get_settings())
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("serve")

@@ -14,6 +14,11 @@ catalogued and, for the others, reads the stored object's sha256 first and skips
 upload when it matches. A first attempt puts directly: nothing of its batch can be in
 the bucket yet, and a HEAD per image (or a listing of the whole bucket) would slow
 every load for a case that cannot happen.
+
+A file is the file's problem, never the batch's: anything Pillow raises on it, a
+decompression bomb, a name no COPY or UTF-8 can take as it is, each becomes a reject
+with a readable reason. A store's failure (S3 down) stops the phase, but only after
+every upload that completed has its catalogue row; the error is recorded on the batch.
 """
 
 from __future__ import annotations
@@ -329,8 +334,10 @@ def _refresh_statistics(conn: psycopg.Connection) -> None:
 
     Autovacuum analyses a table only some time after it changed: right after a large
     text phase, the statistics still describe the lake before it, and the set-based
-    statements below were planned as if the batch had a handful of products (a
-    nested-loop anti-join: 7 min instead of seconds for 41.5k products).
+    statements below are planned as if the batch had one product (nested loops, fine
+    over an index, but one scan per product of any table whose statistics say it is
+    empty): the likely cause of a 41.5k-product image phase once taking 7m26s.
+    bench/bench_image_phase.py compares a fresh phase with its re-run.
     """
     conn.execute("ANALYZE products, rejects, images")
 
@@ -355,6 +362,7 @@ def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[st
         if resume:
             log.info("batch %d: resuming its images (stored objects are checked by sha256)",
                      batch_id)
+        # A batch whose earlier attempt failed (its error recorded) is running again.
         conn.execute("UPDATE load_batches SET images_started_at = coalesce(images_started_at,"
                      " now()), status = 'running', error = NULL WHERE batch_id = %s",
                      (batch_id,))

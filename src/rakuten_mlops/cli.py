@@ -35,6 +35,18 @@ def _exits_on(label: str, *errors: type[Exception]) -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
+@contextmanager
+def _service_down(label: str) -> Iterator[None]:
+    """PostgreSQL or S3 unreachable (or refusing) ends the command with one line."""
+    from rakuten_mlops.failures import describe, service_errors
+
+    try:
+        yield
+    except service_errors() as exc:
+        typer.secho(f"{label}: {describe(exc)}", fg="red", err=True)
+        raise typer.Exit(1) from exc
+
+
 def _log_progress() -> None:
     """Progress lines of long commands (the library's loggers) on stderr, timestamped."""
     import logging
@@ -207,8 +219,10 @@ def ingest(
     settings = get_settings()
     if raw_dir is not None:
         settings = settings.model_copy(update={"raw_data_dir": raw_dir.resolve()})
-    with _exits_on("ingest failed", IngestError):
+    with _exits_on("ingest failed", IngestError), _service_down("ingest failed"):
         summary = run_ingest(settings, run_id or default_run_id(), slice_spec)
+    if summary.get("note"):
+        typer.secho(f"ingest: {summary['note']}", fg="yellow", err=True)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -219,7 +233,9 @@ def lake_summary_command() -> None:
 
     from rakuten_mlops.ingest import lake_summary
 
-    typer.echo(json.dumps(lake_summary(get_settings()), indent=2))
+    with _service_down("lake-summary"):
+        summary = lake_summary(get_settings())
+    typer.echo(json.dumps(summary, indent=2))
 
 
 @app.command("serve")
@@ -387,20 +403,20 @@ def export_model_command() -> None:
 @app.command("data-quality")
 def data_quality_command(
     date: Annotated[str | None, typer.Option(
-        help="Day to check (YYYY-MM-DD, UTC): its load batches and inference log, like the "
-        "data_quality DAG run of that date. Default: today so far.",
+        help="Day to check (YYYY-MM-DD, a UTC day), or the 24 hours from an ISO time with "
+        "an offset (2025-02-03T00:00+01:00): its load batches and inference log, like the "
+        "data_quality DAG run of that date. Default: today (UTC) so far.",
     )] = None,
 ) -> None:
     """Drift and quality of new load batches and the day's predictions (the data_quality DAG)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import UTC, datetime
 
-    from rakuten_mlops.monitoring import QualityError, run, to_json
+    from rakuten_mlops.monitoring import QualityError, interval_of, run, to_json
 
+    with _exits_on("data-quality", ValueError):
+        start, end = interval_of(date, datetime.now(UTC))
     _log_progress()
-    start = (datetime.fromisoformat(date).replace(tzinfo=UTC) if date
-             else datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0))
-    end = start + timedelta(days=1) if date else datetime.now(UTC)
-    with _exits_on("data-quality", QualityError):
+    with _exits_on("data-quality", QualityError), _service_down("data-quality"):
         run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
         summary = run(get_settings(), start, end, dag_run_id=run_id)
     typer.echo(to_json(summary))

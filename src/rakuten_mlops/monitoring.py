@@ -1087,6 +1087,34 @@ def window_summaries(settings: Settings, dag_run_id: str) -> list[dict[str, Any]
     ]
 
 
+def interval_of(date: str | None, now: datetime) -> tuple[datetime, datetime]:
+    """The data interval `data-quality --date` names: [start, end), aware, in UTC.
+
+    None: today (UTC) so far. 'YYYY-MM-DD': that UTC day. An ISO time: the 24 hours
+    from it, honouring its offset (one without an offset is read as UTC). Anything else,
+    or a day that does not exist (2025-02-30), is a ValueError naming the value.
+    """
+    from datetime import date as day
+    from datetime import timedelta
+
+    if date is None:
+        start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return start, now
+    text = date.strip()
+    try:
+        if len(text) == 10:  # a plain day: its own parser, so 2025-02-30 says "day"
+            start = datetime.combine(day.fromisoformat(text), datetime.min.time(), UTC)
+        else:
+            start = datetime.fromisoformat(text)
+            start = (start.replace(tzinfo=UTC) if start.tzinfo is None
+                     else start.astimezone(UTC))
+    except ValueError as exc:
+        raise ValueError(
+            f"--date {date!r} is not a valid date ({exc}); expected YYYY-MM-DD (a UTC "
+            "day) or an ISO time with an offset, e.g. 2025-02-03T00:00+01:00") from None
+    return start, start + timedelta(days=1)
+
+
 def run(
     settings: Settings,
     interval_start: datetime,

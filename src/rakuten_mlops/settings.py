@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     ingest_text_write: Literal["copy", "staging"] = "copy"
     ingest_image_workers: int = Field(8, ge=1, le=64)
     ingest_image_chunk: int = Field(500, ge=1)  # image catalogue rows per commit
+    # Issue 12 hardening: a longer designation/description is a field_too_long reject;
+    # an image declaring more pixels is a decompression_bomb reject (Pillow's own limit).
+    ingest_max_field_chars: int = Field(50_000, ge=1)
+    ingest_max_image_pixels: int = Field(89_478_485, ge=1)
     # data_quality DAG (rakuten_mlops.monitoring): thresholds file, and whether a breach
     # triggers the ml_pipeline DAG (retraining).
     quality_config: Path = Path("config/quality.yaml")

@@ -91,10 +91,11 @@ class Lake:
                        for o in client.list_objects(bucket, recursive=True)]
             assert not list(client.remove_objects(bucket, objects))
 
-    def cli(self, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 600,
+            **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "rakuten_mlops", *args],
                               env={**self.env, **(env or {})}, cwd=PROJECT,
-                              capture_output=True, text=True, timeout=600, **kwargs)
+                              capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.fixture(scope="session")

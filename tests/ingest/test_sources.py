@@ -8,7 +8,7 @@ import pytest
 from lakehelpers import jpeg_bytes, png_bytes
 
 from rakuten_mlops.ingest.images import BadImage, check_jpeg
-from rakuten_mlops.ingest.plan import LakeState, _labels, make_plan
+from rakuten_mlops.ingest.plan import LakeState, Planner, _labels, make_plan
 from rakuten_mlops.ingest.sources import (
     X_HEADER,
     X_INT_COLUMNS,
@@ -57,7 +57,9 @@ def test_wrong_field_count_is_malformed_with_its_line(tmp_path):
     path = write(tmp_path / "x.csv", HEADER + "0,A,,11\n1,B,,12,22\n2,C,,13,23,extra\n")
     records = read_csv(path, X_HEADER, X_INT_COLUMNS)
     assert [(r.line, r.malformed) for r in records] == [
-        (2, "expected 5 fields, found 4"), (3, None), (4, "expected 5 fields, found 6")]
+        (2, "expected 5 fields, found 4: no imageid column"), (3, None),
+        (4, "expected 5 fields, found 6: extra field after imageid (an unquoted comma in a"
+            " text column?)")]
 
 
 def test_invalid_utf8_is_flagged_on_its_record_only(tmp_path):
@@ -200,12 +202,27 @@ def test_plan_takes_slices_in_order_and_skips_what_is_done(tmp_path):
     first = make_plan(source, LakeState(), 2)
     assert [p.index for p in first.products] == [0, 1]
     assert (first.slice_records, first.remaining) == (2, 4)
-    state = LakeState(loaded_rows={("train", 0), ("train", 1)},
+    state = LakeState(loaded_rows={("train", 0): (100, 1), ("train", 1): (101, 1)},
                       loaded_products={100: ("train", 0, 200), 101: ("train", 1, 201)})
     second = make_plan(source, state, None)
     assert [(p.split, p.index, p.prdtypecode) for p in second.products] == [
         ("train", 2, 10), ("train", 3, 10), ("train", 4, 10), ("test", 5, None)]
     assert second.remaining == 0
+
+
+def test_plan_says_which_rows_were_already_loaded_and_rejects_a_reused_index(tmp_path):
+    """Issue 12 item 11: a record at a loaded index is counted as already loaded (same
+    productid) or rejected as index_reused (another product), never dropped silently."""
+    root = source_dir(tmp_path, "0,P0,,100,200\n1,New product,,555,201\n2,P2,,102,202\n",
+                      "0,10\n1,10\n2,10\n", "")
+    state = LakeState(loaded_rows={("train", 0): (100, 1), ("train", 1): (101, 1)},
+                      loaded_products={100: ("train", 0, 200), 101: ("train", 1, 201)})
+    planner = Planner(read_source(root), state, None)
+    assert [p.index for p in planner.products()] == [2]
+    assert planner.already_loaded == {1: 1}
+    assert [(r.locator, r.reason, r.source_row) for r in planner.rejects] == [
+        ("line 3", "index_reused", 1)]
+    assert "loaded in batch 1 as productid 101" in planner.rejects[0].detail
 
 
 def test_plan_verdicts(tmp_path):

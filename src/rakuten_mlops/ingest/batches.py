@@ -11,6 +11,7 @@ import logging
 
 import psycopg
 
+from rakuten_mlops.ingest.lake import failure_recorded
 from rakuten_mlops.ingest.sources import IngestError
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect
@@ -18,7 +19,8 @@ from rakuten_mlops.storage import connect
 log = logging.getLogger("rakuten_mlops.ingest")
 
 # Image files that exist but are not a usable JPEG (the image reject ratio counts these).
-BAD_IMAGE_REASONS = ("empty_image", "not_jpeg", "corrupt_image", "unreadable_image")
+BAD_IMAGE_REASONS = ("empty_image", "not_jpeg", "corrupt_image", "unreadable_image",
+                     "decompression_bomb")
 
 
 def _scalar(conn: psycopg.Connection, query: str, *args) -> int:
@@ -28,13 +30,14 @@ def _scalar(conn: psycopg.Connection, query: str, *args) -> int:
 def batch_summary(conn: psycopg.Connection, batch_id: int) -> dict:
     batch = conn.execute(
         "SELECT run_id, slice_spec, rows_read, remaining_rows, text_rejects, images_uploaded,"
-        " images_skipped, text_seconds, image_seconds, status, error"
+        " images_skipped, text_seconds, image_seconds, status, error, summary"
         " FROM load_batches WHERE batch_id = %s", (batch_id,),
     ).fetchone()
     if batch is None:
         raise IngestError(f"batch {batch_id} does not exist")
     (run_id, spec, rows_read, remaining, text_rejects, uploaded, skipped, text_s, image_s,
-     status, error) = batch
+     status, error, recorded) = batch
+    already = (recorded or {}).get("already_loaded") or {}
     products = dict(conn.execute(
         "SELECT source_split, count(*) FROM products WHERE batch_id = %s GROUP BY 1", (batch_id,)
     ).fetchall())
@@ -82,7 +85,18 @@ def batch_summary(conn: psycopg.Connection, batch_id: int) -> dict:
         "text_seconds": round(text_s or 0.0, 3),
         "image_seconds": round(image_s or 0.0, 3),
         "error": error,
+        "already_loaded": already,
+        "note": _already_loaded_note(already, rows_read),
     }
+
+
+def _already_loaded_note(already: dict[str, int], rows_read: int) -> str | None:
+    """Why a batch read no record at all, in words (`already_loaded` has the counts)."""
+    if not already or rows_read:
+        return None
+    where = ", ".join(f"{count} in batch {batch}" for batch, count in already.items())
+    return (f"{sum(already.values())} records skipped: their indices were already loaded "
+            f"({where}); nothing new to load")
 
 
 def finalize(settings: Settings, batch_id: int) -> dict:
@@ -90,6 +104,11 @@ def finalize(settings: Settings, batch_id: int) -> dict:
 
     Raises IngestError (after recording the failure) when a limit is exceeded.
     """
+    with failure_recorded(settings, f"batch {batch_id}: finalize", batch_id=batch_id):
+        return _finalize(settings, batch_id)
+
+
+def _finalize(settings: Settings, batch_id: int) -> dict:
     with connect(settings) as conn, conn.transaction():
         status = _scalar(conn, "SELECT status FROM load_batches WHERE batch_id = %s FOR UPDATE",
                          batch_id)

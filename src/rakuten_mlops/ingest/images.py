@@ -14,6 +14,11 @@ catalogued and, for the others, reads the stored object's sha256 first and skips
 upload when it matches. A first attempt puts directly: nothing of its batch can be in
 the bucket yet, and a HEAD per image (or a listing of the whole bucket) would slow
 every load for a case that cannot happen.
+
+A file is the file's problem, never the batch's: anything Pillow raises on it, a
+decompression bomb, a name no COPY or UTF-8 can take as it is, each becomes a reject
+with a readable reason. A store's failure (S3 down) stops the phase, but only after
+every upload that completed has its catalogue row; the error is recorded on the batch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,8 @@ from minio import Minio
 from minio.error import S3Error
 from PIL import Image, UnidentifiedImageError
 
+from rakuten_mlops.failures import scrub
+from rakuten_mlops.ingest.lake import LOCK_WAIT, BatchBusy, failure_recorded, lake_connect
 from rakuten_mlops.ingest.progress import Progress
 from rakuten_mlops.ingest.sources import (
     IMAGE_DIRS,
@@ -41,10 +49,11 @@ from rakuten_mlops.ingest.sources import (
     image_key,
     image_name,
     list_images,
+    printable,
 )
-from rakuten_mlops.ingest.text import write_rejects
+from rakuten_mlops.ingest.text import stall_point, write_rejects
 from rakuten_mlops.settings import Settings
-from rakuten_mlops.storage import connect, copy_rows, ensure_buckets, s3_client
+from rakuten_mlops.storage import copy_rows, ensure_buckets, s3_client
 
 log = logging.getLogger("rakuten_mlops.ingest")
 
@@ -63,8 +72,12 @@ class BadImage(Exception):
         self.reason, self.detail = reason, detail
 
 
-def check_jpeg(data: bytes) -> tuple[int, int]:
-    """(width, height) of a whole JPEG; BadImage(reason, detail) otherwise."""
+def check_jpeg(data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(width, height) of a whole JPEG; BadImage(reason, detail) otherwise.
+
+    Only the header is parsed (nothing is decoded), so a file declaring a huge size (a
+    decompression bomb) costs nothing here: it is refused above `max_pixels`.
+    """
     if not data:
         raise BadImage("empty_image", "the file is empty (0 bytes)")
     if data[:3] != b"\xff\xd8\xff":
@@ -74,12 +87,21 @@ def check_jpeg(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
             image_format, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadImage("corrupt_image", f"unreadable JPEG: {exc}") from exc
+    except Image.DecompressionBombError as exc:  # above twice Pillow's own limit
+        raise BadImage("decompression_bomb", f"refused by Pillow: {scrub(exc)}") from exc
+    except UnidentifiedImageError as exc:
+        raise BadImage("corrupt_image", "unreadable JPEG: Pillow cannot identify it") from exc
+    except Exception as exc:  # noqa: BLE001 - a parser fed untrusted bytes: any error is the file's
+        raise BadImage("corrupt_image",
+                       f"unreadable JPEG: {type(exc).__name__}: {scrub(exc)}") from exc
     if image_format != "JPEG":
         raise BadImage("not_jpeg", f"Pillow reads it as {image_format}")
     if width <= 0 or height <= 0:
         raise BadImage("corrupt_image", f"invalid size {width}x{height}")
+    if width * height > max_pixels:
+        raise BadImage("decompression_bomb",
+                       f"declares {width}x{height} = {width * height:,} pixels, above "
+                       f"INGEST_MAX_IMAGE_PIXELS={max_pixels:,}")
     # Entropy-coded data never contains 0xFFD9/0xFFDA (0xFF is stuffed), so the last
     # scan header must be followed by an end-of-image marker in a complete file.
     if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
@@ -123,7 +145,8 @@ def _stored_sha256(client: Minio, bucket: str, key: str) -> str | None:
         raise
 
 
-def process(job: Job, root: Path, client: Minio, bucket: str, resume: bool) -> Outcome:
+def process(job: Job, root: Path, client: Minio, bucket: str, resume: bool,
+            max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Outcome:
     """Check one image file and store it (on a resume, unless the same bytes are stored)."""
     try:
         data = (root / job.folder / job.name).read_bytes()
@@ -131,9 +154,10 @@ def process(job: Job, root: Path, client: Minio, bucket: str, resume: bool) -> O
         return Outcome(job, reject=Reject(job.folder, job.name, "missing_image",
                                           "the file disappeared during the load"))
     except OSError as exc:
-        return Outcome(job, reject=Reject(job.folder, job.name, "unreadable_image", str(exc)))
+        return Outcome(job, reject=Reject(job.folder, job.name, "unreadable_image",
+                                          scrub(exc)))
     try:
-        width, height = check_jpeg(data)
+        width, height = check_jpeg(data, max_pixels)
     except BadImage as bad:
         return Outcome(job, reject=Reject(job.folder, job.name, bad.reason, bad.detail))
     sha256 = hashlib.sha256(data).hexdigest()
@@ -149,17 +173,22 @@ def process(job: Job, root: Path, client: Minio, bucket: str, resume: bool) -> O
 class Workers:
     """fn(item) for every item on `count` threads; iterate to get results as they finish.
 
-    Threads pull from one queue (no future per item); leaving the `with` block early
-    stops them after their current item.
+    Threads pull from one queue (no future per item). The first exception of `fn` stops
+    the threads after their current item, but the iteration still yields every result
+    that completed (each may be an object already stored, which must be catalogued);
+    then the exception is in `error`, for the caller to raise once it has recorded them.
+    Leaving the `with` block early also stops the threads after their current item.
     """
 
     _STOP = object()
+    _DONE = object()
 
     def __init__(self, fn: Callable, items: list, count: int):
-        self._fn, self._total = fn, len(items)
+        self._fn = fn
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._cancel = threading.Event()
+        self.error: BaseException | None = None
         for item in items:
             self._jobs.put(item)
         self._threads = [threading.Thread(target=self._work, name=f"image-{i}", daemon=True)
@@ -168,11 +197,15 @@ class Workers:
             self._jobs.put(self._STOP)
 
     def _work(self) -> None:
-        while not self._cancel.is_set() and (item := self._jobs.get()) is not self._STOP:
-            try:
-                self._results.put((True, self._fn(item)))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                self._results.put((False, exc))
+        try:
+            while not self._cancel.is_set() and (item := self._jobs.get()) is not self._STOP:
+                try:
+                    self._results.put((True, self._fn(item)))
+                except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                    self._cancel.set()
+                    self._results.put((False, exc))
+        finally:
+            self._results.put((True, self._DONE))
 
     def __enter__(self) -> Workers:
         for thread in self._threads:
@@ -180,11 +213,15 @@ class Workers:
         return self
 
     def __iter__(self) -> Iterator:
-        for _ in range(self._total):
+        running = len(self._threads)
+        while running:
             ok, value = self._results.get()
-            if not ok:
-                raise value
-            yield value
+            if value is self._DONE:
+                running -= 1
+            elif ok:
+                yield value
+            elif self.error is None:
+                self.error = value
 
     def __exit__(self, *exc) -> None:
         self._cancel.set()
@@ -241,9 +278,12 @@ def _stage_file_names(conn: psycopg.Connection, files: dict[str, set[str]]) -> N
     """The image folders' file names, for the set-based queries below."""
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS image_files (source_split text, name text)")
     conn.execute("TRUNCATE image_files")
-    with conn.cursor() as cur, cur.copy("COPY image_files FROM STDIN") as copy:
-        copy.write("".join(f"{split}\t{name}\n" for split, names in files.items()
-                           for name in names).encode())
+    # write_row escapes tabs, newlines and backslashes; printable: a name that is not
+    # UTF-8 is never a product's image name, but must not fail the COPY either.
+    with conn.cursor() as cur:
+        copy_rows(cur, "COPY image_files FROM STDIN",
+                  ((split, printable(name)) for split, names in files.items()
+                   for name in names))
     conn.execute("ANALYZE image_files")
 
 
@@ -267,15 +307,48 @@ def _record_missing(conn: psycopg.Connection, batch_id: int) -> int:
 
 
 def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> dict[str, int]:
-    """Store and catalogue the images of batch `batch_id`'s products; counts of this call."""
+    """Store and catalogue the images of batch `batch_id`'s products; counts of this call.
+
+    A failure (S3 down, say) is recorded on the batch and raised as an IngestError, after
+    every object already stored has been catalogued.
+    """
+    with failure_recorded(settings, f"batch {batch_id}: image phase", batch_id=batch_id):
+        return _load_images(settings, batch_id, bar)
+
+
+def _lock_batch(conn: psycopg.Connection, batch_id: int) -> None:
+    """The batch's image lock, waiting LOCK_WAIT for a run that was just killed to lose
+    its session (see ingest/lake.py); BatchBusy if a live run holds it."""
+    conn.execute(f"SET lock_timeout = '{LOCK_WAIT}'")
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s, %s)", (IMAGE_LOCK, batch_id))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise BatchBusy(f"batch {batch_id}: its images are being loaded by another process "
+                        f"(waited {LOCK_WAIT})") from exc
+    finally:
+        conn.execute("RESET lock_timeout")
+
+
+def _refresh_statistics(conn: psycopg.Connection) -> None:
+    """The planner's statistics of the tables the text phase just filled.
+
+    Autovacuum analyses a table only some time after it changed: right after a large
+    text phase, the statistics still describe the lake before it, and the set-based
+    statements below are planned as if the batch had one product (nested loops, fine
+    over an index, but one scan per product of any table whose statistics say it is
+    empty): the likely cause of a 41.5k-product image phase once taking 7m26s.
+    bench/bench_image_phase.py compares a fresh phase with its re-run.
+    """
+    conn.execute("ANALYZE products, rejects, images")
+
+
+def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[str, int]:
     started = time.perf_counter()
     root = Path(settings.path(settings.raw_data_dir))
     bucket = settings.s3_bucket_images
     counts = {"todo": 0, "uploaded": 0, "skipped": 0, "rejected": 0, "missing": 0}
-    with connect(settings, autocommit=True) as conn:
-        if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                            (IMAGE_LOCK, batch_id)).fetchone()[0]:
-            raise IngestError(f"batch {batch_id}: its images are being loaded by another process")
+    with lake_connect(settings, autocommit=True) as conn:
+        _lock_batch(conn, batch_id)
         row = conn.execute(
             "SELECT status, text_loaded_at, images_started_at FROM load_batches"
             " WHERE batch_id = %s", (batch_id,),
@@ -289,9 +362,11 @@ def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> d
         if resume:
             log.info("batch %d: resuming its images (stored objects are checked by sha256)",
                      batch_id)
-        else:
-            conn.execute("UPDATE load_batches SET images_started_at = now() WHERE batch_id = %s",
-                         (batch_id,))
+        # A batch whose earlier attempt failed (its error recorded) is running again.
+        conn.execute("UPDATE load_batches SET images_started_at = coalesce(images_started_at,"
+                     " now()), status = 'running', error = NULL WHERE batch_id = %s",
+                     (batch_id,))
+        _refresh_statistics(conn)
         # Products of the batch with neither a catalogued image nor an image reject yet,
         # whose file is there; the others get a missing_image reject (below).
         files = {split: list_images(root / folder) for split, folder in IMAGE_DIRS.items()}
@@ -305,12 +380,18 @@ def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> d
         client = s3_client(settings)
         if present:
             ensure_buckets(client, [bucket])
+        max_pixels = settings.ingest_max_image_pixels
 
         def work(job: Job) -> Outcome:
-            return process(job, root, client, bucket, resume)
+            return process(job, root, client, bucket, resume, max_pixels)
 
-        with Workers(work, present, settings.ingest_image_workers) as results, \
-                Progress(f"batch {batch_id} images", len(present), "images", bar=bar) as progress:
+        # check_jpeg refuses images above max_pixels itself: Pillow's warning for the
+        # same (between its limit and twice it) would only be noise in the log.
+        with warnings.catch_warnings(), Workers(work, present, settings.ingest_image_workers) \
+                as results, Progress(f"batch {batch_id} images", len(present), "images",
+                                     bar=bar) as progress:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            stall_point(conn, "images_before_missing")
             counts["missing"] = _record_missing(conn, batch_id)  # while the workers upload
             if counts["missing"]:
                 log.info("batch %d: %d products have no image file (missing_image rejects)",
@@ -327,8 +408,10 @@ def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> d
                         or time.monotonic() - last_commit > 5):
                     _commit(conn, batch_id, chunk)
                     chunk, last_commit = [], time.monotonic()
-            if chunk:
+            if chunk:  # also when a worker failed: what was stored gets its catalogue row
                 _commit(conn, batch_id, chunk)
+            if results.error is not None:
+                raise results.error
         elapsed = time.perf_counter() - started
         conn.execute(
             "UPDATE load_batches SET image_seconds = coalesce(image_seconds, 0) + %s"

@@ -15,7 +15,13 @@ Checks, in order; a record gets one reject, for the first check it fails:
 malformed_row, duplicate_row_index, invalid_utf8, missing_id / invalid_id,
 duplicate_product (the first record with valid ids claims a productid; later ones,
 and records of a productid the lake already holds from another row, are duplicates),
-empty_designation, missing_label (train rows only: no valid label row).
+index_reused (the lake holds another productid at this file's index: a different file
+under the same name, whose rows would otherwise be skipped as done without a word),
+empty_designation, nul_character / field_too_long (text PostgreSQL cannot hold, or
+longer than INGEST_MAX_FIELD_CHARS), missing_label (train rows only: no valid label row).
+
+Records skipped because a batch already loaded them are counted per batch
+(`Planner.already_loaded`), so a run that finds nothing new can say why.
 
 Every verdict depends only on the lake state, the label file and *earlier* records, so
 `Planner.products()` yields the slice's products while it reads, and the loader writes
@@ -42,7 +48,13 @@ from rakuten_mlops.ingest.sources import (
     id_problem,
     image_name,
     parse_id,
+    printable,
+    unstorable,
 )
+
+# Longest designation or description stored (INGEST_MAX_FIELD_CHARS); the shipped
+# sample's longest description has 9,709 characters.
+MAX_FIELD_CHARS = 50_000
 
 
 @dataclass(slots=True)
@@ -65,7 +77,8 @@ class Product:
 class LakeState:
     """What the lake already holds, as far as planning a slice needs."""
 
-    loaded_rows: set[tuple[str, int]] = field(default_factory=set)  # (split, index)
+    loaded_rows: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    # (split, index) -> (productid, batch_id)
     loaded_products: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     # productid -> (split, index, imageid)
     rejected_rows: set[tuple[str, int]] = field(default_factory=set)  # (file, index)
@@ -139,8 +152,11 @@ def _labels(source: Source) -> tuple[dict[int, tuple[int, int]], dict[int, str],
 class Planner:
     """The verdicts of one slice: iterate `products()`, then call `finish()`."""
 
-    def __init__(self, source: Source, state: LakeState, slice_size: int | None):
+    def __init__(self, source: Source, state: LakeState, slice_size: int | None,
+                 max_field_chars: int = MAX_FIELD_CHARS):
         self.source, self.state, self.slice_size = source, state, slice_size
+        self.max_field_chars = max_field_chars
+        self.already_loaded: dict[int, int] = {}  # batch_id -> its records met again
         self.labels, self.refused, self.label_rejects = _labels(source)
         self.rejects: list[Reject] = []
         self._rejected: list[tuple[str, str, int, int, Reject]] = []  # for image rejects
@@ -161,6 +177,7 @@ class Planner:
         limit = self.slice_size
         rejects, rejected, accepted = self.rejects, self._rejected, self._accepted
         train_index = self._train_index
+        already_loaded, max_chars = self.already_loaded, self.max_field_chars
         claims: dict[int, tuple[str, int]] = {}  # productid -> (file, line) of its claim
         for split, records in self.source.x_records.items():
             file = X_FILES[split]
@@ -213,8 +230,18 @@ class Planner:
                 # Skip records an earlier batch already loaded or rejected.
                 if check_done:
                     if index is not None:
-                        if (split, index) in loaded_rows or (file, index) in rejected_rows:
+                        if (file, index) in rejected_rows:
                             continue
+                        done = loaded_rows.get((split, index))
+                        if done is not None:
+                            if done[0] == productid or productid is None:
+                                already_loaded[done[1]] = already_loaded.get(done[1], 0) + 1
+                                continue
+                            if reject is None:
+                                reject = ("index_reused",
+                                          f"index {index} of {file} was loaded in batch "
+                                          f"{done[1]} as productid {done[0]}; this record has "
+                                          f"productid {productid}")
                     elif (file, f"line {record.line}") in rejected_lines:
                         continue
                 self.pending += 1
@@ -225,6 +252,10 @@ class Planner:
                     designation = fields[1].strip()
                     if not designation:
                         reject = ("empty_designation", "designation is empty")
+                    elif ("\x00" in fields[1] or "\x00" in fields[2]  # rare: checks inlined
+                          or len(fields[1]) > max_chars or len(fields[2]) > max_chars):
+                        reject = (unstorable("designation", fields[1], max_chars)
+                                  or unstorable("description", fields[2], max_chars))
                     elif is_train and index not in labels:
                         reject = ("missing_label", refused.get(
                             index, f"{Y_TRAIN} has no row with index {index}"))
@@ -277,8 +308,11 @@ class Planner:
             for name in sorted(names):
                 match = IMAGE_NAME.fullmatch(name)
                 if not match:
-                    rejects.append(Reject(folder, name, "bad_image_name",
-                                          "expected image_<imageid>_product_<productid>.jpg"))
+                    shown = printable(name)
+                    rejects.append(Reject(folder, shown, "bad_image_name", (
+                        "expected image_<imageid>_product_<productid>.jpg"
+                        + ("; the name is not valid UTF-8 (its bytes are shown escaped)"
+                           if shown != name else ""))))
                 elif (int(match[2]), int(match[1])) not in pairs:
                     rejects.append(Reject(folder, name, "orphan_image",
                                           f"no row of {X_FILES[split]} has this productid "
@@ -290,9 +324,10 @@ class Planner:
         return self.pending - self.slice_records
 
 
-def make_plan(source: Source, state: LakeState, slice_size: int | None) -> Plan:
+def make_plan(source: Source, state: LakeState, slice_size: int | None,
+              max_field_chars: int = MAX_FIELD_CHARS) -> Plan:
     """The whole plan at once (tests, benchmarks); the loader streams `Planner` instead."""
-    planner = Planner(source, state, slice_size)
+    planner = Planner(source, state, slice_size, max_field_chars)
     products = list(planner.products())
     file_rejects, image_rejects = planner.finish()
     return Plan(products, planner.rejects, file_rejects, image_rejects,

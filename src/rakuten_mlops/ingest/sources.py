@@ -86,6 +86,32 @@ class Source:
         return sum(len(records) for records in self.x_records.values())
 
 
+def printable(text: str) -> str:
+    """`text` as PostgreSQL text can hold it and a person can read it.
+
+    A file name that is not valid UTF-8 reaches Python with its bad bytes as surrogates
+    (os.fsdecode's surrogateescape): they are shown as `\\xNN`; a NUL as `\\x00`.
+    Text that has neither comes back unchanged (so this is idempotent).
+    """
+    if text.isascii() and "\x00" not in text:
+        return text
+    try:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate surrogateescape did not make
+        shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return shown.replace("\x00", "\\x00")
+
+
+def unstorable(name: str, value: str, max_chars: int) -> tuple[str, str] | None:
+    """(reason, detail) when text field `name` cannot or should not be stored, else None."""
+    if "\x00" in value:
+        return "nul_character", f"{name} contains a NUL byte, which PostgreSQL text cannot hold"
+    if len(value) > max_chars:
+        return ("field_too_long", f"{name} has {len(value):,} characters, above "
+                                  f"INGEST_MAX_FIELD_CHARS={max_chars:,}")
+    return None
+
+
 # --------------------------------------------------------------------------- CSV
 
 
@@ -193,7 +219,7 @@ def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iter
             if has_bad_utf8 and any(_SURROGATE.search(value) for value in fields):
                 record.bad_utf8 = True
             if len(fields) != len(header):
-                record.malformed = f"expected {len(header)} fields, found {len(fields)}"
+                record.malformed = _field_count_problem(header, fields)
             elif end > start and (problem := id_problem(fields, int_columns)):
                 # A multi-line record with a broken id is a quote out of step with the
                 # file: report it and read its other lines again as records of their own.
@@ -207,6 +233,15 @@ def iter_csv(path: Path, header: list[str], int_columns: dict[int, str]) -> Iter
         pos = restart
     if not seen_header:
         raise IngestError(f"{path.name}: the file is empty (no header line)")
+
+
+def _field_count_problem(header: list[str], fields: list[str]) -> str:
+    """What a record with the wrong number of fields lacks or has too many of, by column."""
+    names = [name or "index" for name in header]
+    found = f"expected {len(header)} fields, found {len(fields)}"
+    if len(fields) < len(header):
+        return f"{found}: no {', '.join(names[len(fields):])} column"
+    return f"{found}: extra field after {names[-1]} (an unquoted comma in a text column?)"
 
 
 _PLAIN_LABELS = re.compile(r"(?:\d+,\d+\n)*(?:\d+,\d+\n?)?")
@@ -257,6 +292,8 @@ def read_categories(path: Path) -> tuple[dict[int, str], list[Reject]]:
             rejects.append(Reject(path.name, locator, *problem))
         elif not record.fields[1].strip():
             rejects.append(Reject(path.name, locator, "empty_category_name"))
+        elif problem := unstorable("category", record.fields[1], 1000):
+            rejects.append(Reject(path.name, locator, *problem))
         else:
             categories[int(record.fields[0])] = record.fields[1].strip()
     if not categories:

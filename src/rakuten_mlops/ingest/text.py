@@ -18,6 +18,7 @@ Phase 1b, `assign_split`, gives the new labelled products their subset.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -33,15 +34,24 @@ from pathlib import Path
 import psycopg
 
 from rakuten_mlops import schema, split
+from rakuten_mlops.ingest.lake import failure_recorded, lake_connect
 from rakuten_mlops.ingest.plan import LakeState, Planner
-from rakuten_mlops.ingest.sources import X_FILES, IngestError, Reject, Source, read_source
+from rakuten_mlops.ingest.sources import (
+    X_FILES,
+    IngestError,
+    Reject,
+    Source,
+    printable,
+    read_source,
+)
 from rakuten_mlops.settings import Settings
-from rakuten_mlops.storage import connect, copy_rows
+from rakuten_mlops.storage import copy_rows
 
 log = logging.getLogger("rakuten_mlops.ingest")
 
 INGEST_LOCK = 0x52414B56  # pg advisory lock: one text phase or split at a time, lake-wide
 CRASH_POINT_ENV = "RAKUTEN_TEST_CRASH_POINT"  # tests only: die at a named point
+STALL_POINT_ENV = "RAKUTEN_TEST_STALL_POINT"  # tests only: a long statement at a named point
 
 
 def crash_point(name: str) -> None:
@@ -49,6 +59,15 @@ def crash_point(name: str) -> None:
     if os.environ.get(CRASH_POINT_ENV) == name:
         log.warning("%s=%s: exiting abruptly for a crash test", CRASH_POINT_ENV, name)
         os._exit(75)
+
+
+def stall_point(conn: psycopg.Connection, name: str) -> None:
+    """Tests only: keep the session busy in one long statement at a named point, as a
+    slow set-based query would (a killed client's backend then holds its locks until it
+    notices the client is gone: see ingest/lake.py)."""
+    if os.environ.get(STALL_POINT_ENV) == name:
+        log.warning("%s=%s: stalling in a long statement for a test", STALL_POINT_ENV, name)
+        conn.execute("SELECT pg_sleep(3600)")
 
 
 def normalize_slice(spec: str) -> str:
@@ -146,10 +165,10 @@ class TextResult:
 
 def _read_state(conn: psycopg.Connection) -> LakeState:
     state = LakeState()
-    for productid, source_split, source_row, imageid in conn.execute(
-        "SELECT productid, source_split, source_row, imageid FROM products"
+    for productid, source_split, source_row, imageid, batch_id in conn.execute(
+        "SELECT productid, source_split, source_row, imageid, batch_id FROM products"
     ):
-        state.loaded_rows.add((source_split, source_row))
+        state.loaded_rows[(source_split, source_row)] = (productid, batch_id)
         state.loaded_products[productid] = (source_split, source_row, imageid)
     x_files = set(X_FILES.values())
     for source_file, locator, source_row, reason in conn.execute(
@@ -177,7 +196,10 @@ def write_rejects(conn: psycopg.Connection, batch_id: int, rejects: list[Reject]
         copy_rows(
             cur,
             "COPY stage_rejects (source_file, locator, source_row, reason, detail) FROM STDIN",
-            ((r.source_file, r.locator, r.source_row, r.reason, r.detail) for r in rejects),
+            # printable: a file name with undecodable bytes or a NUL in a detail must
+            # not fail the COPY (PostgreSQL text holds neither surrogates nor NUL).
+            ((printable(r.source_file), printable(r.locator), r.source_row, r.reason,
+              printable(r.detail or "")) for r in rejects),
         )
         cur.execute(
             "INSERT INTO rejects (batch_id, source_file, locator, source_row, reason, detail)"
@@ -299,7 +321,7 @@ def _start_batch(conn: psycopg.Connection, run_id: str, spec: str, root: Path) -
     ).fetchone()
     if row is None:
         for other, other_run in conn.execute(
-            "SELECT batch_id, run_id FROM load_batches WHERE status = 'running'"
+            "SELECT batch_id, run_id FROM load_batches WHERE status <> 'succeeded'"
             " AND text_loaded_at IS NOT NULL ORDER BY batch_id"
         ):
             log.warning("batch %d (run %s) never finished its images: run it again with the "
@@ -329,7 +351,7 @@ def load_text(settings: Settings, run_id: str, slice_spec: str | None = None,
     """Load the next slice's text as batch `run_id` (or nothing, if that batch has it)."""
     # The parsed source and the plan are gone when _load_text returns, before the
     # collector resumes (see gc_paused).
-    with gc_paused():
+    with failure_recorded(settings, "text phase", run_id=run_id), gc_paused():
         return _load_text(settings, run_id, slice_spec, source)
 
 
@@ -341,7 +363,7 @@ def _load_text(settings: Settings, run_id: str, slice_spec: str | None,
     limit = settings.ingest_max_text_reject_ratio
     # autocommit: each `conn.transaction()` below is a whole transaction, committed at
     # its end (not a savepoint of an implicit one that an exception would roll back).
-    with connect(settings, autocommit=True) as conn:
+    with lake_connect(settings, autocommit=True) as conn:
         schema.migrate(conn)
         if (batch_id := _text_loaded(conn, run_id)) is not None:
             log.info("run %s: batch %d already has its text; nothing to do", run_id, batch_id)
@@ -360,7 +382,7 @@ def _load_text(settings: Settings, run_id: str, slice_spec: str | None,
             batch_id, spec = _start_batch(conn, run_id, spec, root)
             _upsert_categories(conn, source.categories)
             size = None if spec == "all" else slice_size(spec, source.total_records)
-            planner = Planner(source, _read_state(conn), size)
+            planner = Planner(source, _read_state(conn), size, settings.ingest_max_field_chars)
             try:
                 with conn.transaction():  # savepoint: the slice's products and labels
                     products, labels = _copy_products(conn, batch_id, planner,
@@ -384,19 +406,24 @@ def _load_text(settings: Settings, run_id: str, slice_spec: str | None,
                      sum(len(f) for f in source.image_files.values()))
             all_rejects = [*planner.rejects, *file_rejects, *image_rejects]
             write_rejects(conn, batch_id, all_rejects)
+            already = _report_already_loaded(batch_id, planner.already_loaded,
+                                             planner.slice_records)
             common = (planner.slice_records, planner.remaining, len(planner.rejects),
-                      len(all_rejects), time.perf_counter() - started)
+                      len(all_rejects), time.perf_counter() - started,
+                      json.dumps({"already_loaded": already}))
             if failure:
                 conn.execute(
                     "UPDATE load_batches SET status = 'failed', error = %s, finished_at = now(),"
                     " rows_read = %s, remaining_rows = %s, text_rejects = %s, rejects = %s,"
-                    " text_seconds = %s WHERE batch_id = %s", (failure, *common, batch_id),
+                    " text_seconds = %s, summary = %s WHERE batch_id = %s",
+                    (failure, *common, batch_id),
                 )
             else:
                 conn.execute(
                     "UPDATE load_batches SET text_loaded_at = now(), rows_read = %s,"
                     " remaining_rows = %s, text_rejects = %s, rejects = %s, text_seconds = %s,"
-                    " products_loaded = %s, labels_loaded = %s WHERE batch_id = %s",
+                    " summary = %s, products_loaded = %s, labels_loaded = %s"
+                    " WHERE batch_id = %s",
                     (*common, products, labels, batch_id),
                 )
                 crash_point("text_before_commit")
@@ -417,8 +444,13 @@ def assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
     Idempotent and self-healing: it assigns whatever a crashed run left unassigned, in
     batch order, exactly as that run would have (see rakuten_mlops.split).
     """
+    with failure_recorded(settings, "split", batch_id=batch_id):
+        return _assign_split(settings, batch_id)
+
+
+def _assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
     started = time.perf_counter()
-    with connect(settings) as conn, conn.transaction():
+    with lake_connect(settings) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
         subsets = split.assign_split(conn, settings.split_seed,
                                      settings.split_validation_fraction,
@@ -434,6 +466,21 @@ def assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
              batch_id, sum(subsets.values()), subsets, settings.split_seed,
              time.perf_counter() - started)
     return subsets
+
+
+def _report_already_loaded(batch_id: int, counts: dict[int, int],
+                           slice_records: int) -> dict[str, int]:
+    """Log the records skipped because earlier batches loaded them (a folder of rows the
+    lake already holds otherwise "succeeds" with 0 rows read and no word of why): a
+    warning when that leaves nothing to load, else the usual course of incremental
+    slices."""
+    if counts:
+        log.log(logging.INFO if slice_records else logging.WARNING,
+                "batch %d: %d records skipped: their indices were already loaded (%s)%s",
+                batch_id, sum(counts.values()),
+                ", ".join(f"{n} in batch {b}" for b, n in sorted(counts.items())),
+                "" if slice_records else "; nothing new to load")
+    return {str(batch): count for batch, count in sorted(counts.items())}
 
 
 def _top_reasons(rejects: list[Reject], top: int = 5) -> str:

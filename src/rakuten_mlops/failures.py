@@ -1,0 +1,44 @@
+"""Failures of the services a command depends on, said in one line.
+
+A command that cannot reach PostgreSQL or S3 is an expected failure: it ends with one
+line naming the service and why (`describe`), never a traceback, and never with the
+memory addresses that library messages carry (`<...Connection object at 0x7f...>`).
+"""
+
+from __future__ import annotations
+
+import re
+
+_ADDRESS = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def scrub(text: str) -> str:
+    """`text` on one line, without `<object at 0x...>` reprs (they say nothing to a reader)."""
+    lines = [line.strip() for line in _ADDRESS.sub("", str(text)).splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+def service_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a store is unreachable or refused the work, not a bug."""
+    import psycopg
+    import urllib3
+    from minio.error import MinioException
+
+    return (psycopg.OperationalError, urllib3.exceptions.HTTPError, MinioException,
+            ConnectionError, TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """One readable line for `exc`: which service failed and why."""
+    import psycopg
+    import urllib3
+
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        reason = scrub(exc.reason or exc)
+        reason = reason.rpartition("): ")[2] if "): " in reason else reason
+        return f"S3 at {exc.pool.host}:{exc.pool.port} is unreachable ({reason})"
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return f"S3 request failed: {scrub(exc)}"
+    if isinstance(exc, psycopg.OperationalError):
+        return f"PostgreSQL: {scrub(exc)}"
+    return f"{type(exc).__name__}: {scrub(exc)}"

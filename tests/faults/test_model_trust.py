@@ -1,0 +1,372 @@
+"""Issue 12, item 2 (and item 11's `/ready` part): MLflow refuses anonymous and read-only
+registry writes, and the API loads only a model whose artifact checksum the promotion
+step recorded.
+
+Against the running stack's MLflow (basic auth), PostgreSQL and S3, with real API server
+processes (`python -m rakuten_mlops serve`) on free loopback ports. A test-only
+experiment and registered model are created and deleted (runs, versions, S3 objects,
+checksum and promotion rows) at the end. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import cloudpickle
+import httpx
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.stack
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "raw_data"
+CLIENT_KEY = "trust-client-key-0123456789"
+ADMIN_KEY = "trust-admin-key-0123456789"
+HTTP_TIMEOUT = 10.0
+API_START_TIMEOUT = 90.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
+
+
+class Api:
+    """One real API server process, as the supervisor runs it (MLflow's reader user)."""
+
+    def __init__(self, settings, log_path: Path, **env: str):
+        from rakuten_mlops.tracking import credentials
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            **credentials(settings, "reader"),
+            "API_CLIENT_KEY": CLIENT_KEY,
+            "API_ADMIN_KEY": ADMIN_KEY,
+            "API_MODEL_POLL_SECONDS": "0",  # only /admin/reload: deterministic
+            "RAW_DATA_DIR": str(SAMPLE),
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Api:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "rakuten_mlops", "serve", "--port", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+            )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def ready_after_first_load(self) -> httpx.Response:
+        """/ready once the first model load has finished (loaded or refused)."""
+
+        def settled():
+            assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+            response = httpx.get(f"{self.url}/ready", timeout=HTTP_TIMEOUT)
+            detail = response.json().get("detail") or ""
+            return response if not detail.startswith("loading") else None
+
+        return wait_for(settled, API_START_TIMEOUT, "the API's first model load")
+
+    def reload(self) -> httpx.Response:
+        return httpx.post(f"{self.url}/admin/reload", headers={"X-API-Key": ADMIN_KEY}, timeout=120)
+
+
+def fitted_pipeline(rows: int, seed: int):
+    """The project's text steps + a log-loss linear model, on the shipped real sample."""
+    from sklearn.linear_model import SGDClassifier
+
+    from rakuten_mlops.features import build_pipeline
+    from rakuten_mlops.settings import get_settings
+
+    x = pd.read_csv(SAMPLE / "X_train_update.csv", index_col=0).head(rows)
+    y = pd.read_csv(SAMPLE / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"].head(rows)
+    settings = get_settings()
+    pipeline = build_pipeline(
+        "linear_svc",
+        features={"char": None, "word": {"max_features": 5000}},
+        nltk_data_dir=str(settings.path(settings.nltk_data_dir)),
+    ).set_params(clf=SGDClassifier(loss="log_loss", max_iter=20, tol=None, random_state=seed))
+    return pipeline.fit(x[["designation", "description"]], y)
+
+
+def log_run(experiment_id: str, pipeline, test_f1: float) -> str:
+    """A run shaped like the training stage's: the model, its tag, its test score."""
+    import mlflow
+    import mlflow.sklearn
+
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        info = mlflow.sklearn.log_model(
+            pipeline, name="model", pip_requirements=[], serialization_format="cloudpickle"
+        )
+        mlflow.set_tag("model_uri", info.model_uri)
+        mlflow.log_metric("test_f1_weighted", test_f1)
+        return run.info.run_id
+
+
+def artifact_key(client, name: str, version: str, filename: str) -> tuple[str, str]:
+    """(bucket, key) in S3 of one artifact file of a registered version."""
+    from rakuten_mlops.settings import get_settings
+
+    registered = client.get_model_version(name, version)
+    # MLflow 3.17 leaves model_id empty on versions; the source names the logged model.
+    logged = client.get_logged_model(registered.source.removeprefix("models:/"))
+    prefix = logged.artifact_location.removeprefix("mlflow-artifacts:/").strip("/")
+    return get_settings().s3_bucket_mlflow, f"{prefix}/{filename}"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def trust(stack, settings):
+    """A test model: v1 promoted by the promotion step (checksum recorded, champion),
+    v2 registered by the admin but never promoted. Everything is deleted afterwards."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from rakuten_mlops import model_trust, registry
+    from rakuten_mlops.storage import connect, s3_client
+
+    name = f"test-trust-{uuid.uuid4().hex[:8]}"
+    model_settings = settings.model_copy(update={"model_name": name})
+    client: MlflowClient = registry.client(model_settings)
+    experiment_id = client.create_experiment(name)
+    run_ids: list[str] = []
+    try:
+        good = fitted_pipeline(rows=800, seed=0)
+        other = fitted_pipeline(rows=400, seed=1)
+        run_ids.append(log_run(experiment_id, good, test_f1=0.5))
+        first = registry.promote(model_settings, run_ids[0], export=False)
+        assert first.promoted and first.version == "1"
+        run_ids.append(log_run(experiment_id, other, test_f1=0.1))
+        unpromoted = mlflow.register_model(f"runs:/{run_ids[1]}/model", name)
+        assert unpromoted.version == "2"
+        yield {
+            "name": name,
+            "client": client,
+            "settings": model_settings,
+            "experiment_id": experiment_id,
+            "run_ids": run_ids,
+            "good": good,
+            "other": other,
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            client.delete_registered_model(name)
+        for run_id in run_ids:
+            with contextlib.suppress(Exception):
+                client.delete_run(run_id)
+        with contextlib.suppress(Exception):
+            client.delete_experiment(experiment_id)
+        s3 = s3_client(settings)
+        for item in s3.list_objects(settings.s3_bucket_mlflow, f"{experiment_id}/", True):
+            s3.remove_object(settings.s3_bucket_mlflow, item.object_name)
+        model_trust.forget(settings, name)
+        with connect(settings) as conn:
+            conn.execute("DELETE FROM model_promotions WHERE model_name = %s", (name,))
+
+
+@pytest.fixture()
+def champion_restored(trust):
+    """Whatever a test does to the alias, it points at v1 again afterwards."""
+    yield
+    trust["client"].set_registered_model_alias(trust["name"], "champion", "1")
+
+
+def mlflow_url(settings, path: str) -> str:
+    return f"{settings.tracking_uri.rstrip('/')}{path}"
+
+
+# ----------------------------------------------------------------------------- MLflow auth
+
+
+def test_anonymous_registry_reads_and_writes_are_refused(trust, settings):
+    move = {"name": trust["name"], "alias": "champion", "version": "2"}
+    write = httpx.post(
+        mlflow_url(settings, "/api/2.0/mlflow/registered-models/alias"),
+        json=move,
+        timeout=HTTP_TIMEOUT,
+    )
+    read = httpx.get(
+        mlflow_url(settings, "/api/2.0/mlflow/registered-models/get"),
+        params={"name": trust["name"]},
+        timeout=HTTP_TIMEOUT,
+    )
+    health = httpx.get(mlflow_url(settings, "/health"), timeout=HTTP_TIMEOUT)
+
+    assert write.status_code == 401, write.text
+    assert read.status_code == 401, read.text
+    assert health.status_code == 200  # the supervisor's health check needs no login
+    assert trust["client"].get_model_version_by_alias(trust["name"], "champion").version == "1"
+
+
+def test_the_reader_may_read_but_not_move_the_alias(trust, settings):
+    auth = (settings.mlflow_reader_user, settings.mlflow_reader_password.get_secret_value())
+    move = {"name": trust["name"], "alias": "champion", "version": "2"}
+    read = httpx.get(
+        mlflow_url(settings, "/api/2.0/mlflow/registered-models/alias"),
+        params={"name": trust["name"], "alias": "champion"},
+        auth=auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    write = httpx.post(
+        mlflow_url(settings, "/api/2.0/mlflow/registered-models/alias"),
+        json=move,
+        auth=auth,
+        timeout=HTTP_TIMEOUT,
+    )
+    wrong_password = httpx.post(
+        mlflow_url(settings, "/api/2.0/mlflow/registered-models/alias"),
+        json=move,
+        auth=(settings.mlflow_admin_user, "not-the-password-0123"),
+        timeout=HTTP_TIMEOUT,
+    )
+
+    assert read.status_code == 200 and read.json()["model_version"]["version"] == "1"
+    assert write.status_code == 403, write.text
+    assert wrong_password.status_code == 401
+    assert trust["client"].get_model_version_by_alias(trust["name"], "champion").version == "1"
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def test_the_promoted_champion_loads_and_predicts(trust, tmp_path):
+    with Api(
+        trust["settings"],
+        tmp_path / "api.log",
+        MODEL_NAME=trust["name"],
+        MODELS_DIR=str(tmp_path / "no-export"),
+    ) as api:
+        ready = api.ready_after_first_load()
+        predicted = httpx.post(
+            f"{api.url}/predict",
+            headers={"X-API-Key": CLIENT_KEY},
+            json={"designation": "Piscine tubulaire ronde avec pompe", "top_k": 1},
+            timeout=HTTP_TIMEOUT,
+        )
+
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["model"] == {"name": trust["name"], "version": "1", "source": "registry"}
+    assert predicted.status_code == 200
+    expected = trust["good"].predict(
+        pd.DataFrame({"designation": ["Piscine tubulaire ronde avec pompe"], "description": [None]})
+    )[0]
+    assert predicted.json()["predictions"][0]["prdtypecode"] == int(expected)
+
+
+def test_an_alias_moved_to_an_unpromoted_version_is_not_loaded(trust, champion_restored, tmp_path):
+    name, client = trust["name"], trust["client"]
+    env = {"MODEL_NAME": name, "MODELS_DIR": str(tmp_path / "no-export")}
+    with Api(trust["settings"], tmp_path / "running.log", **env) as running:
+        assert running.ready_after_first_load().json()["model"]["version"] == "1"
+        # The admin account can move the alias (auth alone does not stop a stolen
+        # admin password); the API must still refuse what was never promoted.
+        client.set_registered_model_alias(name, "champion", "2")
+        reloaded = running.reload()
+        still = httpx.get(f"{running.url}/ready", timeout=HTTP_TIMEOUT)
+
+        with Api(trust["settings"], tmp_path / "fresh.log", **env) as fresh:
+            refused = fresh.ready_after_first_load()
+
+    assert reloaded.status_code == 200 and reloaded.json()["changed"] is False
+    assert still.status_code == 200
+    assert still.json()["model"]["version"] == "1"  # the trusted model keeps serving
+    assert "champion v2 refused: no checksum recorded at promotion" in still.json()["detail"]
+    assert refused.status_code == 503  # nothing else to serve: not ready, and why
+    assert refused.json()["model"] is None
+    assert "champion v2 refused: no checksum recorded at promotion" in refused.json()["detail"]
+
+
+def test_an_artifact_altered_after_promotion_is_refused(trust, champion_restored, tmp_path):
+    """v3 is promoted properly, then its pickle in S3 is replaced by another model's."""
+    from rakuten_mlops import registry
+    from rakuten_mlops.storage import s3_client
+
+    name, client = trust["name"], trust["client"]
+    run_id = log_run(trust["experiment_id"], trust["good"], test_f1=0.9)
+    trust["run_ids"].append(run_id)
+    promoted = registry.promote(trust["settings"], run_id, export=False)
+    assert promoted.promoted and promoted.version == "3"
+    s3 = s3_client(trust["settings"])
+    bucket, target = artifact_key(client, name, "3", "model.pkl")
+    other_pickle = cloudpickle.dumps(trust["other"])  # any code an attacker likes
+    original = s3.get_object(bucket, target).read()
+    assert other_pickle != original
+    s3.put_object(bucket, target, io.BytesIO(other_pickle), len(other_pickle))
+
+    env = {"MODEL_NAME": name, "MODELS_DIR": str(tmp_path / "no-export")}
+    with Api(trust["settings"], tmp_path / "fresh.log", **env) as fresh:
+        refused = fresh.ready_after_first_load()
+        # Once the bytes are back, the same version loads (the check is on content).
+        s3.put_object(bucket, target, io.BytesIO(original), len(original))
+        forced = httpx.post(
+            f"{fresh.url}/admin/reload",
+            params={"force": "true"},
+            headers={"X-API-Key": ADMIN_KEY},
+            timeout=120,
+        )
+        restored = httpx.get(f"{fresh.url}/ready", timeout=HTTP_TIMEOUT)
+
+    assert refused.status_code == 503
+    assert "champion v3 refused: checksum mismatch" in refused.json()["detail"]
+    assert forced.status_code == 200, forced.text
+    assert restored.json()["model"]["version"] == "3"
+
+
+def test_a_database_outage_is_named_in_ready_not_a_missing_version(trust, tmp_path):
+    """The checksum lives in PostgreSQL: with it unreachable the API says so."""
+    dead_port = str(free_port())  # nothing listens there
+    env = {
+        "MODEL_NAME": trust["name"],
+        "MODELS_DIR": str(tmp_path / "no-export"),
+        "POSTGRES_PORT": dead_port,
+    }
+    with Api(trust["settings"], tmp_path / "api.log", **env) as api:
+        ready = api.ready_after_first_load()
+
+    detail = ready.json()["detail"]
+    assert ready.status_code == 503
+    assert "no version" not in detail
+    assert f"PostgreSQL at 127.0.0.1:{dead_port} is unreachable" in detail

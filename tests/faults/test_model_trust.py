@@ -370,3 +370,71 @@ def test_a_database_outage_is_named_in_ready_not_a_missing_version(trust, tmp_pa
     assert ready.status_code == 503
     assert "no version" not in detail
     assert f"PostgreSQL at 127.0.0.1:{dead_port} is unreachable" in detail
+
+
+def test_an_mlflow_database_outage_is_named_in_ready(settings, tmp_path):
+    """Item 11: MLflow up but its PostgreSQL down is not "no version in the registry".
+
+    A private PostgreSQL cluster holds a private MLflow server's store and the API's
+    lake; the cluster is stopped under them.
+    """
+    sys.path.insert(0, str(ROOT / "tests" / "serving"))
+    from serving_support import PrivatePostgres
+
+    from rakuten_mlops.localstack.services import venv_bin
+
+    postgres = PrivatePostgres(tmp_path / "pg", user="outage", database="mlflow").init()
+    mlflow_port = free_port()
+    tracking = f"http://127.0.0.1:{mlflow_port}"
+    server_log = tmp_path / "mlflow.log"
+    with open(server_log, "ab") as log:
+        server = subprocess.Popen(
+            [str(venv_bin() / "mlflow"), "server", "--host", "127.0.0.1"]
+            + ["--port", str(mlflow_port), "--workers", "1"]
+            + ["--default-artifact-root", str(tmp_path / "artifacts")],
+            env={
+                **os.environ,
+                "MLFLOW_BACKEND_STORE_URI": (
+                    f"postgresql+psycopg2://outage@127.0.0.1:{postgres.port}/mlflow"
+                ),
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    env = {
+        "MODEL_NAME": "outage-model",
+        "MODELS_DIR": str(tmp_path / "no-export"),
+        "MLFLOW_TRACKING_URI": tracking,
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(postgres.port),
+        "POSTGRES_USER": "outage",
+        "POSTGRES_DB": "mlflow",
+    }
+    try:
+
+        def mlflow_healthy():
+            assert server.poll() is None, server_log.read_text()[-3000:]
+            return httpx.get(f"{tracking}/health", timeout=HTTP_TIMEOUT).status_code == 200
+
+        wait_for(mlflow_healthy, 240, "the private MLflow server")
+        with Api(settings, tmp_path / "api.log", **env) as api:
+            before = api.ready_after_first_load().json()["detail"]
+            postgres.stop()
+            after_reload = api.reload()
+            during = httpx.get(f"{api.url}/ready", timeout=HTTP_TIMEOUT)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        postgres.stop()
+
+    # The control: with the database up, the registry really has no such model.
+    assert "no version of outage-model@champion in the registry" in before
+    assert after_reload.status_code == 503
+    detail = during.json()["detail"]
+    assert during.status_code == 503
+    assert "no version" not in detail
+    assert f"PostgreSQL at 127.0.0.1:{postgres.port} is unreachable" in detail

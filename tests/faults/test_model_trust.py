@@ -269,6 +269,90 @@ def test_the_reader_may_read_but_not_move_the_alias(trust, settings):
     assert trust["client"].get_model_version_by_alias(trust["name"], "champion").version == "1"
 
 
+def test_no_mlflow_secret_on_a_command_line_and_auth_files_private(stack, settings):
+    from rakuten_mlops.localstack.services import mlflow_auth_paths
+
+    mlflow = next(status for status in stack.status() if status.name == "mlflow")
+    cmdline = Path(f"/proc/{mlflow.pid}/cmdline").read_bytes().decode(errors="replace")
+    secrets = [
+        settings.postgres_password,
+        settings.mlflow_admin_password,
+        settings.mlflow_reader_password,
+        settings.mlflow_flask_server_secret_key,
+    ]
+    assert "--app-name\0basic-auth" in cmdline
+    for secret in secrets:
+        assert secret.get_secret_value() not in cmdline
+    for path in mlflow_auth_paths(settings):
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_auth_users_follow_the_configured_passwords(tmp_path):
+    """Rotating a password in .env takes effect at the next start; roles stay apart."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    from rakuten_mlops.mlflow_auth import ensure_users, sqlite_uri
+
+    uri = sqlite_uri(tmp_path / "users.db")
+    ensure_users(uri, ("boss", "first-admin-pass-123"), ("eyes", "first-reader-pass-123"))
+    ensure_users(uri, ("boss", "second-admin-pass-123"), ("eyes", "first-reader-pass-123"))
+    store = SqlAlchemyStore()
+    store.init_db(uri)
+
+    assert store.authenticate_user("boss", "second-admin-pass-123")
+    assert not store.authenticate_user("boss", "first-admin-pass-123")
+    assert store.get_user("boss").is_admin and not store.get_user("eyes").is_admin
+    assert (tmp_path / "users.db").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ValueError, match="must differ"):
+        ensure_users(uri, ("same", "a-password-12345"), ("same", "a-password-12345"))
+
+
+def test_mlflow_auth_setup_without_credentials_is_one_clear_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_AUTH_DATABASE_URI"] = f"sqlite:///{tmp_path / 'users.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "mlflow-auth-setup", str(tmp_path / "a.ini")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "mlflow-auth-setup: MLflow auth needs MLFLOW_ADMIN_USER, MLFLOW_ADMIN_PASSWORD, "
+        "MLFLOW_READER_USER, MLFLOW_READER_PASSWORD in the environment"
+    ]
+    assert not (tmp_path / "a.ini").exists()
+
+
+def test_the_artifact_digest_is_deterministic_and_sees_every_change(tmp_path):
+    from rakuten_mlops.model_trust import folder_digest
+
+    def folder(name: str, files: dict[str, bytes]) -> Path:
+        root = tmp_path / name
+        for relative, content in files.items():
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(content)
+        return root
+
+    base = {"MLmodel": b"flavors: {}", "model.pkl": b"\x80\x05pickle", "sub/x.txt": b"x"}
+    same = folder("same", dict(reversed(base.items())))
+    renamed = {key: value for key, value in base.items() if key != "sub/x.txt"}
+    digests = {
+        "base": folder_digest(folder("base", base)),
+        "same": folder_digest(same),
+        "content": folder_digest(folder("content", {**base, "model.pkl": b"\x80\x05other"})),
+        "renamed": folder_digest(folder("renamed", {**renamed, "sub/y.txt": b"x"})),
+        "added": folder_digest(folder("added", {**base, "extra": b""})),
+        # Written client-side by MLflow into a models:/ download: not the stored content.
+        "client_meta": folder_digest(folder("meta", {**base, "registered_model_meta": b"v"})),
+    }
+
+    assert digests["base"] == digests["same"] == digests["client_meta"]
+    assert len({d.sha256 for k, d in digests.items() if k not in ("same", "client_meta")}) == 4
+    assert digests["base"].files == 3 and digests["base"].bytes == sum(map(len, base.values()))
+
+
 # ----------------------------------------------------------------------------- the API
 
 

@@ -22,7 +22,8 @@ ENV_EXAMPLE = ROOT / ".env.example"
 
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|_KEY\b|KEY_ID|TOKEN", re.IGNORECASE)
 # A secret must be exactly one interpolated variable, without a `:-default` fallback.
-PLAIN_INTERPOLATION = re.compile(r"\$\{[A-Z][A-Z0-9_]*\}")
+# ${VAR}, or ${VAR:?message}: compose refuses to start without it (issue 12).
+PLAIN_INTERPOLATION = re.compile(r"\$\{[A-Z][A-Z0-9_]*(:\?[^}]*)?\}")
 URL_CREDENTIALS = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
 BIND_HOST = "127.0.0.1"
 

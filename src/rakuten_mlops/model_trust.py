@@ -132,9 +132,14 @@ def recorded_sha256(settings: Settings, name: str, version: str) -> str | None:
 
 def forget(settings: Settings, name: str) -> None:
     """Drop the records of every version of `name` (when the model itself is deleted)."""
+    import contextlib
+
+    import psycopg
+
     from rakuten_mlops.storage import connect
 
-    with connect(settings) as conn:
+    # No table: nothing was ever promoted into this database.
+    with connect(settings) as conn, contextlib.suppress(psycopg.errors.UndefinedTable):
         conn.execute("DELETE FROM trusted_models WHERE model_name = %s", (name,))
 
 

@@ -35,7 +35,7 @@ def write_config(path: Path, database_uri: str) -> Path:
 
 
 def ensure_users(database_uri: str, admin: tuple[str, str], reader: tuple[str, str]) -> None:
-    """Create or update the admin (is_admin) and the reader (not admin) in the users DB."""
+    """Make the users DB hold exactly the admin (is_admin) and the reader (not admin)."""
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     if admin[0] == reader[0]:
@@ -47,6 +47,10 @@ def ensure_users(database_uri: str, admin: tuple[str, str], reader: tuple[str, s
             store.update_user(username, password=password, is_admin=is_admin)
         else:
             store.create_user(username, password, is_admin=is_admin)
+    # A user renamed in .env must not keep its old login (and powers) under the old name.
+    for user in store.list_users():
+        if user.username not in (admin[0], reader[0]):
+            store.delete_user(user.username)
 
 
 def sqlite_uri(path: Path) -> str:

@@ -288,7 +288,8 @@ def test_no_mlflow_secret_on_a_command_line_and_auth_files_private(stack, settin
 
 
 def test_auth_users_follow_the_configured_passwords(tmp_path):
-    """Rotating a password in .env takes effect at the next start; roles stay apart."""
+    """Rotating a password or renaming a user in .env takes effect at the next start (no
+    old login survives); roles stay apart."""
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     from rakuten_mlops.mlflow_auth import ensure_users, sqlite_uri
@@ -296,12 +297,14 @@ def test_auth_users_follow_the_configured_passwords(tmp_path):
     uri = sqlite_uri(tmp_path / "users.db")
     ensure_users(uri, ("boss", "first-admin-pass-123"), ("eyes", "first-reader-pass-123"))
     ensure_users(uri, ("boss", "second-admin-pass-123"), ("eyes", "first-reader-pass-123"))
+    ensure_users(uri, ("boss", "second-admin-pass-123"), ("look", "renamed-reader-pass-123"))
     store = SqlAlchemyStore()
     store.init_db(uri)
 
     assert store.authenticate_user("boss", "second-admin-pass-123")
     assert not store.authenticate_user("boss", "first-admin-pass-123")
-    assert store.get_user("boss").is_admin and not store.get_user("eyes").is_admin
+    assert store.get_user("boss").is_admin and not store.get_user("look").is_admin
+    assert sorted(user.username for user in store.list_users()) == ["boss", "look"]
     assert (tmp_path / "users.db").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ValueError, match="must differ"):
         ensure_users(uri, ("same", "a-password-12345"), ("same", "a-password-12345"))

@@ -36,7 +36,12 @@ def write_config(path: Path, database_uri: str) -> Path:
 
 def ensure_users(database_uri: str, admin: tuple[str, str], reader: tuple[str, str]) -> None:
     """Make the users DB hold exactly the admin (is_admin) and the reader (not admin)."""
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+    import warnings
+
+    with warnings.catch_warnings():
+        # Importing mlflow.server warns about a Starlette module MLflow uses: not ours.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     if admin[0] == reader[0]:
         raise ValueError("MLFLOW_ADMIN_USER and MLFLOW_READER_USER must differ")

@@ -101,6 +101,7 @@ def real_products() -> list[dict]:
 
 def bench_model(settings, workdir: Path):
     """(estimator, how it is served, server env): the champion, else one trained here."""
+    from rakuten_mlops.model_trust import UntrustedModel, recorded_sha256
     from rakuten_mlops.serving.model import (
         RegistryUnavailable,
         champion_version,
@@ -111,9 +112,10 @@ def bench_model(settings, workdir: Path):
     configure_mlflow_client(settings)
     try:
         version = champion_version(settings)
-        model = load_registry_version(settings, version)
+        expected = recorded_sha256(settings, version.name, version.version)
+        model = load_registry_version(settings, version, expected)
         return model.estimator, f"{model.name} v{model.version} (registry champion)", {}
-    except RegistryUnavailable as exc:
+    except (RegistryUnavailable, UntrustedModel) as exc:
         reason = str(exc)
     import joblib
     import pandas as pd

@@ -28,7 +28,12 @@ def settings():
     from rakuten_mlops.settings import get_settings
 
     get_settings.cache_clear()
-    return get_settings()
+    settings = get_settings()
+    # MLflow requires a login: tests train and register as its admin user.
+    from rakuten_mlops.tracking import configure
+
+    configure(settings, "admin")
+    return settings
 
 
 @pytest.fixture(scope="session")

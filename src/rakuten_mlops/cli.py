@@ -95,6 +95,18 @@ def init_env() -> None:
         typer.echo(f"added {len(missing)} new setting(s) to {target}")
 
 
+@app.command("mlflow-auth-setup")
+def mlflow_auth_setup(
+    config: Annotated[Path, typer.Argument(help="Where to write the auth app's ini (0600).")],
+) -> None:
+    """Compose's MLflow entrypoint: the basic-auth ini and users, from the environment."""
+    from rakuten_mlops.mlflow_auth import prepare_from_env
+
+    with _exits_on("mlflow-auth-setup", ValueError):
+        prepare_from_env(config)
+    typer.echo(f"wrote {config}; MLflow users ready", err=True)
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start every local service that is not running and wait until all are healthy."""
@@ -179,6 +191,8 @@ def _print_status(supervisor) -> bool:
         f"  PostgreSQL  user {settings.postgres_user}, password POSTGRES_PASSWORD\n"
         f"              superuser postgres, password POSTGRES_SUPERUSER_PASSWORD\n"
         f"  S3          access key S3_ACCESS_KEY, secret S3_SECRET_KEY\n"
+        f"  MLflow      user {settings.mlflow_admin_user} (MLFLOW_ADMIN_PASSWORD) or read-only "
+        f"{settings.mlflow_reader_user} (MLFLOW_READER_PASSWORD)\n"
         f"  API         header X-API-Key: API_CLIENT_KEY (predict) or API_ADMIN_KEY (admin)\n"
         f"logs: {supervisor.log_dir}"
     )

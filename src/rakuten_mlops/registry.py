@@ -11,6 +11,8 @@ the same test split* (compared from the champion's logged metric when its run us
 same split, else by scoring the champion on this run's test split). The first version is
 promoted. Otherwise the version gets the alias `challenger`, and the run and the version
 say why. The champion is exported to `models/` (joblib + JSON) for use without MLflow.
+Before `champion` moves, the version's artifact checksum is recorded in PostgreSQL: the
+API loads nothing else (rakuten_mlops.model_trust).
 """
 
 from __future__ import annotations
@@ -40,17 +42,10 @@ REQUIREMENT_DISTRIBUTIONS = (
 
 
 def configure(settings: Settings) -> None:
-    """Point MLflow at the settings' server and S3 store; fail fast when it is down."""
-    import mlflow
+    """Point MLflow at the settings' server and S3 store as the admin; fail fast when down."""
+    from rakuten_mlops.tracking import configure as configure_tracking
 
-    from rakuten_mlops.localstack.services import s3_client_env
-
-    for key, value in s3_client_env(settings).items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
+    configure_tracking(settings, "admin")
 
 
 def client(settings: Settings):
@@ -397,6 +392,12 @@ def promote(
                 f"{champion_f1:.4f} ({comparison}): stays a challenger"
             )
     alias = settings.model_alias if promoted else CHALLENGER_ALIAS
+    if promoted:
+        # Before the alias moves: the API loads only a champion whose artifacts hash to
+        # what is recorded here (rakuten_mlops.model_trust).
+        from rakuten_mlops.model_trust import trust_version
+
+        trust_version(settings, name, str(version.version), run_id, reason[:5000])
     mlflow_client.set_registered_model_alias(name, alias, version.version)
     if promoted:
         # A promoted version is nobody's challenger any more.

@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(5000, ge=1, le=65535)
     # Where clients reach MLflow; defaults to the local-mode server.
     mlflow_tracking_uri: str | None = None
+    # MLflow's basic-auth users (rakuten_mlops.tracking): the admin trains and promotes,
+    # the reader (the API) may only read. Optional here so that processes which never
+    # talk to MLflow need not carry them; a client without its role's password is
+    # refused by the server (401). The Flask key signs MLflow's own CSRF tokens.
+    mlflow_admin_user: str = "mlflow-admin"
+    mlflow_admin_password: SecretStr | None = None
+    mlflow_reader_user: str = "mlflow-reader"
+    mlflow_reader_password: SecretStr | None = None
+    mlflow_flask_server_secret_key: SecretStr | None = None
     prometheus_port: int = Field(9090, ge=1, le=65535)
     # Grafana (compose mode; `publish-dashboards` pushes config/grafana/dashboards to any
     # Grafana): its URL (default: BIND_HOST:GRAFANA_PORT) and a service-account token,

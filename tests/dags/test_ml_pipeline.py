@@ -68,6 +68,9 @@ def ml_lake(settings, lake_database, sample_dir, tmp_path):
     # A failed test may not have registered it.
     with contextlib.suppress(Exception):
         client.delete_registered_model(name)
+    from rakuten_mlops.model_trust import forget
+
+    forget(lake.settings, name)  # the checksums its promotions recorded
     if experiment := client.get_experiment_by_name(name):
         client.delete_experiment(experiment.experiment_id)
 

@@ -44,6 +44,9 @@ def ml_settings(stack, settings, tmp_path_factory):
     # A failed test may not have registered it.
     with contextlib.suppress(Exception):
         client.delete_registered_model(name)
+    from rakuten_mlops.model_trust import forget
+
+    forget(ml, name)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         client.delete_experiment(experiment.experiment_id)
@@ -137,6 +140,16 @@ def test_the_first_model_is_registered_and_promoted(ml_settings, first):
     assert champion.version == promotion.version and champion.run_id == run_id
 
 
+def test_promotion_records_the_champions_artifact_checksum(ml_settings, first):
+    """What the API checks before it loads a champion (rakuten_mlops.model_trust)."""
+    from rakuten_mlops.model_trust import recorded_sha256, version_digest
+
+    _, _, promotion = first
+    name = ml_settings.model_name
+    recorded = recorded_sha256(ml_settings, name, promotion.version)
+    assert recorded == version_digest(ml_settings, name, promotion.version).sha256
+
+
 def test_the_champion_summary_shows_its_scores_and_its_lead_over_the_baseline(
     ml_settings, first
 ):
@@ -198,6 +211,9 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     name = ml_settings.model_name
     assert client.get_model_version_by_alias(name, "champion").version == first_promotion.version
     assert client.get_model_version_by_alias(name, "challenger").version == promotion.version
+    from rakuten_mlops.model_trust import recorded_sha256
+
+    assert recorded_sha256(ml_settings, name, promotion.version) is None  # never promoted
     run = client.get_run(run_id)
     assert run.data.tags["promotion_decision"] == "challenger"
     assert run.data.tags["promotion_reason"] == promotion.reason

@@ -328,8 +328,7 @@ def _nginx() -> str:
 
 def test_proxy_is_the_only_way_to_the_web_services(rendered):
     services = rendered["services"]
-    # MLflow's own published port is left to the MLflow-auth change (issue 12 item 2).
-    for name in ("api", "airflow-apiserver", "grafana"):
+    for name in ("api", "airflow-apiserver", "mlflow", "grafana"):
         assert not services[name].get("ports"), f"{name} still publishes a port"
     proxy = services["proxy"]
     targets = {

@@ -54,9 +54,13 @@ def test_airflow_login_uses_the_password_from_settings(stack, settings):
 def test_mlflow_serves_api_and_metrics(stack, settings):
     base = f"http://127.0.0.1:{settings.mlflow_port}"
     assert httpx.get(f"{base}/health").text.strip() == "OK"
-    search = httpx.post(f"{base}/api/2.0/mlflow/experiments/search", json={"max_results": 5})
+    # Basic auth (issue 12): everything but /health needs a login.
+    admin = (settings.mlflow_admin_user, settings.mlflow_admin_password.get_secret_value())
+    url = f"{base}/api/2.0/mlflow/experiments/search"
+    assert httpx.post(url, json={"max_results": 5}).status_code == 401
+    search = httpx.post(url, json={"max_results": 5}, auth=admin)
     assert search.status_code == 200 and "experiments" in search.json()
-    assert "# TYPE" in httpx.get(f"{base}/metrics").text
+    assert "# TYPE" in httpx.get(f"{base}/metrics", auth=admin).text
 
 
 def test_prometheus_scrapes_its_targets(stack, settings):

@@ -2,7 +2,8 @@
 the running MLflow under a test-only name, served by a real uvicorn process.
 
 Session-scoped and shared by every test here: the training (a few seconds), the two
-registered versions (v1 = champion, v2 = the hot-swap candidate) and the API server.
+registered versions (v1 = champion, v2 = the hot-swap candidate; both with the checksum
+the promotion step records, see rakuten_mlops.model_trust) and the API server.
 The registered model is deleted at the end.
 """
 
@@ -112,9 +113,15 @@ def registered(stack, settings, pipelines, split):
                 serialization_format="cloudpickle",
             )
             run_ids.append(run.info.run_id)
+    # What the promotion step records: the API serves only versions with a checksum.
+    from rakuten_mlops.model_trust import forget, trust_version
+
+    for version, run_id in zip(("1", "2"), run_ids, strict=True):
+        trust_version(settings, name, version, run_id, reason="serving test fixture")
     client.set_registered_model_alias(name, "champion", "1")
     yield {"name": name, "client": client, "run_ids": run_ids}
     client.delete_registered_model(name)
+    forget(settings, name)
     for run_id in run_ids:
         client.delete_run(run_id)
 

@@ -63,8 +63,13 @@ class ApiServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        from rakuten_mlops.settings import get_settings
+        from rakuten_mlops.tracking import credentials
+
         self.env = {
             **os.environ,
+            # What the supervisor gives the API: MLflow's read-only user.
+            **credentials(get_settings(), "reader"),
             "API_CLIENT_KEY": CLIENT_KEY,
             "API_ADMIN_KEY": ADMIN_KEY,
             "RAW_DATA_DIR": str(SAMPLE_DATA),  # category_names.csv when the lake has none

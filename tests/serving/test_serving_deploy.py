@@ -17,6 +17,13 @@ def test_local_mode_runs_the_api_on_loopback(settings):
     assert api.url.startswith(f"http://127.0.0.1:{settings.api_port}")
     assert {"postgres", "mlflow"} <= set(api.after)
     assert api.env["MLFLOW_TRACKING_URI"] == settings.tracking_uri
+    # MLflow logins: the API reads as the read-only user; Airflow's tasks promote as admin.
+    assert api.env["MLFLOW_TRACKING_USERNAME"] == settings.mlflow_reader_user
+    reader = settings.mlflow_reader_password.get_secret_value()
+    assert api.env["MLFLOW_TRACKING_PASSWORD"] == reader
+    scheduler = services["airflow-scheduler"]
+    assert scheduler.env["MLFLOW_TRACKING_USERNAME"] == settings.mlflow_admin_user
+    assert settings.mlflow_admin_user != settings.mlflow_reader_user
     jobs = {job["job_name"]: job for job in prometheus_config(settings)["scrape_configs"]}
     assert jobs["api"]["static_configs"][0]["targets"] == [f"127.0.0.1:{settings.api_port}"]
 

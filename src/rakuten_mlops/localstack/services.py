@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from rakuten_mlops.settings import Settings, env_file, project_root
+from rakuten_mlops.tracking import client_env as tracking_client_env
 
 POSTGRES_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
 HTTP_TIMEOUT = 3.0
@@ -387,20 +388,50 @@ def s3_client_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def mlflow_auth_paths(settings: Settings) -> tuple[Path, Path]:
+    """(the basic-auth app's ini, its users database): both 0600 under .stack/mlflow."""
+    folder = state_dir(settings) / "mlflow"
+    return folder / "basic_auth.ini", folder / "basic_auth.db"
+
+
 def mlflow_service(settings: Settings) -> Service:
     metrics_dir = state_dir(settings) / "mlflow" / "metrics"
     base = f"http://{settings.bind_host}:{settings.mlflow_port}"
+    config_file, users_db = mlflow_auth_paths(settings)
 
     def prepare() -> None:
+        from rakuten_mlops.mlflow_auth import ensure_users, sqlite_uri, write_config
+
         # prometheus_flask_exporter keeps multiprocess files here; stale ones confuse it.
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
+        admin, reader = (
+            settings.mlflow_admin_password,
+            settings.mlflow_reader_password,
+        )
+        if admin is None or reader is None or settings.mlflow_flask_server_secret_key is None:
+            raise ValueError(
+                "MLflow needs MLFLOW_ADMIN_PASSWORD, MLFLOW_READER_PASSWORD and "
+                "MLFLOW_FLASK_SERVER_SECRET_KEY: run `make setup` (init-env adds them to .env)"
+            )
+        uri = sqlite_uri(users_db)
+        write_config(config_file, uri)
+        ensure_users(
+            uri,
+            (settings.mlflow_admin_user, admin.get_secret_value()),
+            (settings.mlflow_reader_user, reader.get_secret_value()),
+        )
+
+    def secret(value) -> str:
+        return value.get_secret_value() if value is not None else ""
 
     return Service(
         name="mlflow",
         command=[
             str(venv_bin() / "mlflow"),
             "server",
+            "--app-name",
+            "basic-auth",
             "--artifacts-destination",
             f"s3://{settings.s3_bucket_mlflow}/",
             "--host",
@@ -415,13 +446,16 @@ def mlflow_service(settings: Settings) -> Service:
         env={
             **s3_client_env(settings),
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            # `mlflow server --backend-store-uri` reads it; in argv its password would be
-            # readable by every local user (`ps`).
+            # Read by `mlflow server` itself: the password stays off the command line.
             "MLFLOW_BACKEND_STORE_URI": settings.postgres_dsn(
                 settings.mlflow_db, "postgresql+psycopg2"
             ),
+            "MLFLOW_AUTH_CONFIG_PATH": str(config_file),
+            "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_admin_user,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": secret(settings.mlflow_admin_password),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secret(settings.mlflow_flask_server_secret_key),
         },
-        url=base,
+        url=f"{base} (basic auth: MLFLOW_ADMIN_USER / MLFLOW_READER_USER)",
         healthy=lambda: http_ok(f"{base}/health"),
         after=("postgres", "s3"),
         prepare=prepare,
@@ -464,8 +498,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "RAKUTEN_PROJECT_ROOT": str(root),
         "RAKUTEN_ENV_FILE": str(env_file()),
         "NLTK_DATA": str(settings.path(settings.nltk_data_dir)),
-        **s3_client_env(settings),
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        # Airflow's tasks train and promote: MLflow's admin user.
+        **tracking_client_env(settings, "admin"),
     }
 
 
@@ -552,6 +586,12 @@ def prometheus_config(settings: Settings) -> dict:
             {
                 "job_name": "mlflow",
                 "static_configs": [{"targets": [f"{host}:{settings.mlflow_port}"]}],
+                # MLflow's basic auth answers /metrics to admins only (others get 403);
+                # the password is in a file only this account can read.
+                "basic_auth": {
+                    "username": settings.mlflow_admin_user,
+                    "password_file": str(prometheus_mlflow_password_file(settings)),
+                },
             },
             {
                 "job_name": "api",
@@ -561,6 +601,10 @@ def prometheus_config(settings: Settings) -> dict:
     }
 
 
+def prometheus_mlflow_password_file(settings: Settings) -> Path:
+    return state_dir(settings) / "prometheus" / "mlflow_password"
+
+
 def prometheus_service(settings: Settings) -> Service:
     folder = state_dir(settings) / "prometheus"
     config_file = folder / "prometheus.yml"
@@ -568,6 +612,11 @@ def prometheus_service(settings: Settings) -> Service:
 
     def prepare() -> None:
         (folder / "data").mkdir(parents=True, exist_ok=True)
+        password = prometheus_mlflow_password_file(settings)
+        password.touch(mode=0o600, exist_ok=True)
+        password.chmod(0o600)
+        admin = settings.mlflow_admin_password
+        password.write_text(admin.get_secret_value() if admin else "")
         config_file.write_text(yaml.safe_dump(prometheus_config(settings), sort_keys=False))
 
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -599,8 +648,8 @@ def api_service(settings: Settings) -> Service:
         env={
             "RAKUTEN_PROJECT_ROOT": str(project_root()),
             "RAKUTEN_ENV_FILE": str(env_file()),
-            **s3_client_env(settings),
-            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            # The API only reads the registry: MLflow's read-only user.
+            **tracking_client_env(settings, "reader"),
         },
         url=f"{base} (docs {base}/docs)",
         healthy=lambda: http_ok(f"{base}/health"),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ import httpx
 import numpy as np
 import sklearn
 
+from rakuten_mlops import model_trust
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.serving.model")
@@ -369,13 +369,10 @@ def load_category_names(settings: Settings) -> tuple[dict[int, str], str]:
 
 
 def configure_mlflow_client(settings: Settings) -> None:
-    """Fail fast instead of MLflow's minutes of retries; S3 credentials for s3:// artifacts."""
-    from rakuten_mlops.localstack.services import s3_client_env
+    """MLflow as the read-only user; fail fast instead of MLflow's minutes of retries."""
+    from rakuten_mlops.tracking import configure
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    for key, value in s3_client_env(settings).items():
-        os.environ.setdefault(key, value)
+    configure(settings, "reader", retries=1, timeout=15)
 
 
 def registry_reachable(settings: Settings) -> str | None:
@@ -397,18 +394,49 @@ def champion_version(settings: Settings):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from rakuten_mlops.registry import NO_SUCH_MODEL_CODES
+
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    ref = f"{settings.model_name}@{settings.model_alias}"
     try:
         return client.get_model_version_by_alias(settings.model_name, settings.model_alias)
     except MlflowException as exc:
+        if exc.error_code in NO_SUCH_MODEL_CODES:
+            raise RegistryUnavailable(
+                f"no version of {ref} in the registry ({exc.error_code})"
+            ) from exc
+        # MLflow is up but could not answer: say why, not "no version".
+        cause = database_problem(settings) or _first_line(exc.message)
         raise RegistryUnavailable(
-            f"no version of {settings.model_name}@{settings.model_alias} in the registry "
-            f"({exc.error_code})"
+            f"MLflow could not look up {ref} ({exc.error_code}): {cause}"
         ) from exc
 
 
-def load_registry_version(settings: Settings, version) -> LoadedModel:
-    """Download and load one registered version, with its run's metrics and data."""
+def database_problem(settings: Settings) -> str | None:
+    """None when PostgreSQL answers, else why not (MLflow's store and the lake share it)."""
+    import psycopg
+
+    from rakuten_mlops.storage import connect
+
+    try:
+        with connect(settings, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return (
+            f"PostgreSQL at {settings.postgres_host}:{settings.postgres_port} is unreachable "
+            f"({type(exc).__name__}: {_first_line(str(exc))})"
+        )
+    return None
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line[:limit]
+
+
+def load_registry_version(settings: Settings, version, expected_sha256: str | None) -> LoadedModel:
+    """Download one registered version, check it against the checksum recorded at its
+    promotion (model_trust.UntrustedModel if not), and load it with its run's data."""
     import mlflow
     import mlflow.sklearn
     from mlflow import MlflowClient
@@ -420,6 +448,7 @@ def load_registry_version(settings: Settings, version) -> LoadedModel:
     # download_artifacts is passed (without this, a fresh process asks a local sqlite).
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    label = f"champion v{version.version}"
     with tempfile.TemporaryDirectory(prefix="rakuten-model-") as folder:
         local = download_artifacts(
             artifact_uri=f"models:/{version.name}/{version.version}",
@@ -427,6 +456,9 @@ def load_registry_version(settings: Settings, version) -> LoadedModel:
             tracking_uri=uri,
             registry_uri=uri,
         )
+        # Hash what was downloaded and unpickle that same folder only if it is what the
+        # promotion step recorded: loading a pickle runs its code.
+        model_trust.verify(Path(local), expected_sha256, label)
         estimator = mlflow.sklearn.load_model(local)
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
@@ -570,6 +602,8 @@ class ModelManager:
         self._lock = threading.Lock()
         self._on_swap = on_swap
         self._categories: tuple[dict[int, str], str] | None = None
+        # (name, version, recorded checksum) of the last refused champion, and why.
+        self._refused: tuple[tuple, str] | None = None
 
     def refresh(self, force: bool = False) -> RefreshResult:
         """Serve the champion: the registry's if reachable, else the export (at start-up).
@@ -623,16 +657,18 @@ class ModelManager:
             if previous is not None and previous.identity == identity and not force:
                 return None, None
             try:
-                return load_registry_version(settings, version).prepare(), None
+                return self._load_trusted(version, force), None
+            except model_trust.UntrustedModel as exc:
+                registry_problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - a broken version must not kill the API
                 registry_problem = (
                     f"{version.name} v{version.version} from the registry could not be "
                     f"loaded: {type(exc).__name__}: {exc}"
                 )
-        # The registry cannot give us the champion.
+        # The registry cannot give us a champion we may serve.
         if previous is not None and previous.source == "registry":
             log.warning("keeping %s v%s: %s", previous.name, previous.version, registry_problem)
-            return None, f"keeping the loaded model: {registry_problem}"
+            return None, (f"keeping the loaded model (v{previous.version}): {registry_problem}")
         try:
             if (
                 previous is not None
@@ -648,6 +684,33 @@ class ModelManager:
                 f"{registry_problem}; and the export could not be loaded: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+
+    def _load_trusted(self, version, force: bool) -> LoadedModel:
+        """The version, loaded only if its artifacts match the checksum recorded at its
+        promotion. A refused version is not downloaded again until its record changes
+        (or `force`)."""
+        import psycopg
+
+        settings = self.settings
+        label = f"champion v{version.version}"
+        try:
+            expected = model_trust.recorded_sha256(settings, version.name, version.version)
+        except psycopg.Error as exc:
+            cause = database_problem(settings) or f"{type(exc).__name__}: {_first_line(str(exc))}"
+            raise model_trust.UntrustedModel(
+                f"{label} not loaded: its promotion checksum cannot be read ({cause})"
+            ) from exc
+        key = (version.name, str(version.version), expected)
+        if not force and self._refused is not None and self._refused[0] == key:
+            raise model_trust.UntrustedModel(self._refused[1])
+        try:
+            loaded = load_registry_version(settings, version, expected).prepare()
+        except model_trust.UntrustedModel as exc:
+            self._refused = (key, str(exc))
+            log.error("%s", exc)
+            raise
+        self._refused = None
+        return loaded
 
     def _category_names(self, reload: bool) -> tuple[dict[int, str], str]:
         if reload or self._categories is None or not self._categories[0]:

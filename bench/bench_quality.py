@@ -103,7 +103,7 @@ def admin_connection(settings):
 def set_up(settings, reference, window) -> None:
     """A fresh lake holding the window as load batch 1; the reference as a dataset snapshot."""
     from rakuten_mlops import schema
-    from rakuten_mlops.preprocess import dataset_dir, dataset_manifest
+    from rakuten_mlops.ml.dataset import dataset_dir, dataset_manifest
     from rakuten_mlops.storage import connect, ensure_buckets, s3_client
 
     with admin_connection(settings) as conn:
@@ -293,7 +293,7 @@ def child(kind: str) -> dict:
     )
     imports = warm_imports()
     if kind in ("naive", "compute"):
-        from rakuten_mlops.preprocess import load_dataset
+        from rakuten_mlops.ml.dataset import load_dataset
         from rakuten_mlops.storage import connect
 
         reference = load_dataset(settings, DATASET_ID).frame
@@ -361,7 +361,7 @@ def warm_imports() -> float:
         "psycopg.types.json",
         "pyarrow.compute",
         "pyarrow.parquet",
-        "rakuten_mlops.preprocess",
+        "rakuten_mlops.ml.dataset",
         "rakuten_mlops.quality_report",
         "rakuten_mlops.schema",
         "rakuten_mlops.serving.inference_log",

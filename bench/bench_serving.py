@@ -13,7 +13,7 @@ not the bottleneck), on real products:
   projects of this family do.
 
 The model is the registry's champion (MODEL_NAME@MODEL_ALIAS) when there is one,
-otherwise the training pipeline's default model (rakuten_mlops.features: word and
+otherwise the training pipeline's default model (rakuten_mlops.ml.features: word and
 character TF-IDF, LinearSVC) trained here on the real sample, served through the
 export fallback. Targets: p50 < 10 ms, p99 < 50 ms for single
 predictions, service >= 0.5x the in-process single-core rate.
@@ -101,7 +101,7 @@ def real_products() -> list[dict]:
 
 def bench_model(settings, workdir: Path):
     """(estimator, how it is served, server env): the champion, else one trained here."""
-    from rakuten_mlops.model_trust import UntrustedModel, recorded_sha256
+    from rakuten_mlops.ml.trust import UntrustedModel, recorded_sha256
     from rakuten_mlops.serving.model import (
         RegistryUnavailable,
         champion_version,
@@ -120,7 +120,7 @@ def bench_model(settings, workdir: Path):
     import joblib
     import pandas as pd
 
-    from rakuten_mlops.features import build_pipeline
+    from rakuten_mlops.ml.features import build_pipeline
 
     x = pd.read_csv(SHARED / "X_train_sample.csv", index_col=0)
     y = pd.read_csv(SHARED / "Y_train_sample.csv", index_col=0)["prdtypecode"]
@@ -141,7 +141,7 @@ def bench_model(settings, workdir: Path):
     }
     return (
         pipeline,
-        f"linear_svc (rakuten_mlops.features defaults) trained here on {len(x)} real "
+        f"linear_svc (rakuten_mlops.ml.features defaults) trained here on {len(x)} real "
         f"products ({reason})",
         env,
     )

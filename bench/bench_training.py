@@ -53,9 +53,9 @@ def seed_style_search(frame, train_subsets: list[str], n_jobs: int):
     from sklearn.svm import LinearSVC
     from xgboost import XGBClassifier
 
-    from rakuten_mlops.evaluate import _raw_text, evaluate
-    from rakuten_mlops.features import LabelEncodedClassifier
-    from rakuten_mlops.train import PeakMemory, split_xy
+    from rakuten_mlops.ml.evaluate import _raw_text, evaluate
+    from rakuten_mlops.ml.features import LabelEncodedClassifier
+    from rakuten_mlops.ml.train import PeakMemory, split_xy
 
     families = {
         "logreg": LogisticRegression(max_iter=1000),
@@ -120,9 +120,9 @@ def main() -> int:
         return 0
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the search's worker processes too
-    from rakuten_mlops.evaluate import baseline_evaluation, evaluate, f1_gain
-    from rakuten_mlops.preprocess import frame_from_csv
-    from rakuten_mlops.train import load_profile, train_best
+    from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate, f1_gain
+    from rakuten_mlops.ml.dataset import frame_from_csv
+    from rakuten_mlops.ml.train import load_profile, train_best
 
     profile = load_profile(os.environ.get("BENCH_PROFILE", "full"))
     frame = frame_from_csv(x_csv, y_csv)

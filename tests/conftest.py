@@ -30,7 +30,7 @@ def settings():
     get_settings.cache_clear()
     settings = get_settings()
     # MLflow requires a login: tests train and register as its admin user.
-    from rakuten_mlops.tracking import configure
+    from rakuten_mlops.ml.tracking import configure
 
     configure(settings, "admin")
     return settings

@@ -328,7 +328,7 @@ def preprocess_command(
     upload: Annotated[bool, typer.Option(help="Also store the snapshot in S3.")] = True,
 ) -> None:
     """Freeze the lake's labelled products and split as a dataset version; print its id."""
-    from rakuten_mlops.preprocess import prepare_dataset
+    from rakuten_mlops.ml.dataset import prepare_dataset
 
     with _exits_on("preprocess", ValueError):
         dataset = prepare_dataset(get_settings(), upload=upload)
@@ -355,7 +355,7 @@ def train_command(
     """Search every family, refit the best, log all to MLflow; print the run id."""
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.train import run_train
+    from rakuten_mlops.ml.train import run_train
 
     # An unknown profile or family, a bad profile, an unknown dataset, MLflow unreachable.
     with _exits_on("train", ValueError, FileNotFoundError, MlflowException):
@@ -376,7 +376,7 @@ def evaluate_command(
 
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.evaluate import run_evaluate
+    from rakuten_mlops.ml.evaluate import run_evaluate
 
     with _exits_on("evaluate", ValueError, MlflowException):
         metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
@@ -394,7 +394,7 @@ def promote_command(
 
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.registry import promote
+    from rakuten_mlops.ml.registry import promote
 
     with _exits_on("promote", ValueError, MlflowException):
         result = promote(get_settings(), run_id, export=export)
@@ -407,7 +407,7 @@ def export_model_command() -> None:
     """Write the registry's champion to models/ (joblib + metadata JSON)."""
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.registry import export_champion
+    from rakuten_mlops.ml.registry import export_champion
 
     with _exits_on("export-model", ValueError, MlflowException):
         path = export_champion(get_settings())
@@ -461,7 +461,7 @@ def champion_command() -> None:
     """Print the registered champion: version, family, test metrics and its MLflow page."""
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.registry import champion_summary
+    from rakuten_mlops.ml.registry import champion_summary
 
     with _exits_on("champion", ValueError, MlflowException):
         summary = champion_summary(get_settings())

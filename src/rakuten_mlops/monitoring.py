@@ -10,7 +10,7 @@ time:
 
 **Reference.** The training data of the current champion: the subsets its run trained
 on (`train_subsets`) of the dataset version (`dataset_id` tag of the `MODEL_NAME@champion`
-version or of its run; `rakuten_mlops.preprocess.load_dataset`). Without a champion, the
+version or of its run; `rakuten_mlops.ml.dataset.load_dataset`). Without a champion, the
 lake's own labelled `train` products: for a load batch those of *earlier* batches (the
 first batch has no reference: quality only), for the inference log all of them. Each
 window row says which reference it used (`reference_kind`, `reference_id`,
@@ -411,7 +411,7 @@ class Reference:
 
 def champion_reference(settings: Settings) -> Reference | None:
     """The champion's training data, or None when the registry has no champion."""
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     version = registry.champion(settings)
     if version is None:
@@ -485,7 +485,7 @@ def _window_reference(base: Reference, conn, batch_id: int | None) -> Reference:
 
 def _reference_products(settings: Settings, conn, ref: Reference) -> pd.DataFrame:
     if ref.kind == "champion":
-        from rakuten_mlops.preprocess import load_dataset
+        from rakuten_mlops.ml.dataset import load_dataset
 
         frame = load_dataset(settings, ref.dataset_id).frame
         return frame.loc[
@@ -1002,7 +1002,7 @@ def store(conn, result: WindowResult) -> None:
 
 
 def record_promotion(settings_or_conn: Settings | Any | None, promotion: Mapping[str, Any]) -> None:
-    """Record one promotion decision (rakuten_mlops.registry.promote) in model_promotions.
+    """Record one promotion decision (rakuten_mlops.ml.registry.promote) in model_promotions.
 
     `settings_or_conn`: a Settings (a connection to its lake is opened and committed), an
     open psycopg connection (the caller commits), or None (the default settings).

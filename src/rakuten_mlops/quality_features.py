@@ -37,6 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+# The one stopword reader, normaliser and language guesser (issue 13).
+from rakuten_mlops.ml.text import LanguageGuesser as language_guesser  # noqa: F401, N813
+from rakuten_mlops.ml.text import normalise as _normalise  # noqa: F401
+from rakuten_mlops.ml.text import read_stopwords, stopword_set  # noqa: F401
+
 FEATURES_VERSION = 1  # part of the reference cache key: bump when a definition changes
 
 TEXT_NUMERIC = (
@@ -202,7 +207,8 @@ def guess_languages(texts, stopwords: dict[str, frozenset[str]]) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from rakuten_mlops.serving.inference_log import _LETTER_HINTS, GUESS_CHARS, LANGUAGES
+    from rakuten_mlops.ml.text import GUESS_CHARS, LANGUAGES
+    from rakuten_mlops.ml.text import LETTER_HINTS as _LETTER_HINTS
 
     sliced = pc.utf8_slice_codeunits(texts, 0, GUESS_CHARS)
     lowered = pc.utf8_lower(pc.replace_substring(sliced, "\u0130", "i\u0307"))
@@ -267,60 +273,6 @@ def token_counts(
     return pd.Series(
         counts["count"].to_numpy(), index=counts["token"].to_numpy(), dtype="int64"
     ), total
-
-
-STOPWORD_LANGUAGES = ("french", "english", "german")
-
-
-def read_stopwords(nltk_data_dir, languages=STOPWORD_LANGUAGES) -> list[str]:
-    """NLTK's stopword lists, straight from the corpus zip (`corpora/stopwords.zip`).
-
-    What `nltk.corpus.stopwords.words(language)` returns (one word per non-blank line,
-    in order, first occurrence kept), without importing NLTK: a job's task process would
-    spend seconds importing it for three small word lists.
-    """
-    import zipfile
-    from pathlib import Path
-
-    words: list[str] = []
-    with zipfile.ZipFile(Path(nltk_data_dir) / "corpora" / "stopwords.zip") as archive:
-        for language in languages:
-            text = archive.read(f"stopwords/{language}").decode("utf-8")
-            words.extend(line for line in text.splitlines() if line.strip())
-    return list(dict.fromkeys(words))
-
-
-def stopword_set(nltk_data_dir) -> frozenset[str]:
-    return frozenset(w.lower() for w in read_stopwords(nltk_data_dir))
-
-
-def _normalise(text: str) -> str:
-    """rakuten_mlops.text.normalise (tests hold them equal), without importing scikit-learn."""
-    import html
-    import re
-    import unicodedata
-
-    text = re.sub(r"<[^>]*>", " ", html.unescape(html.unescape(text)))
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).lower())
-    return "".join(char for char in text if not unicodedata.combining(char))
-
-
-def language_guesser(nltk_data_dir):
-    """The inference log's LanguageGuesser (same stopword sets, same `guess`), built from
-    the corpus zip directly: the API's own constructor imports NLTK and scikit-learn."""
-    from rakuten_mlops.serving.inference_log import _WORD, LANGUAGES, LanguageGuesser
-
-    guesser = LanguageGuesser.__new__(LanguageGuesser)
-    guesser.stopwords = {
-        code: frozenset(
-            token
-            for word in read_stopwords(nltk_data_dir, (language,))
-            for form in (word.lower(), _normalise(word))
-            for token in _WORD.findall(form)
-        )
-        for code, language in LANGUAGES.items()
-    }
-    return guesser
 
 
 def product_profile(

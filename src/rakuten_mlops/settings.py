@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     mlflow_port: int = Field(5000, ge=1, le=65535)
     # Where clients reach MLflow; defaults to the local-mode server.
     mlflow_tracking_uri: str | None = None
-    # MLflow's basic-auth users (rakuten_mlops.tracking): the admin trains and promotes,
+    # MLflow's basic-auth users (rakuten_mlops.ml.tracking): the admin trains and promotes,
     # the reader (the API) may only read. Optional here so that processes which never
     # talk to MLflow need not carry them; a client without its role's password is
     # refused by the server (401). The Flask key signs MLflow's own CSRF tokens.
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     # The registered model trained and served, and the alias of the one in production.
     model_name: str = "rakuten-prdtypecode"
     model_alias: str = "champion"
-    # Training (rakuten_mlops.train): the MLflow experiment runs log to, and the default
+    # Training (rakuten_mlops.ml.train): the MLflow experiment runs log to, and the default
     # search profile (config/training/<name>.yaml) of `train` and the ml_pipeline DAGs.
     mlflow_experiment: str = "rakuten-prdtypecode"
     training_profile: str = "quick"
@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     # triggers the ml_pipeline DAG (retraining).
     quality_config: Path = Path("config/quality.yaml")
     quality_trigger_retrain: bool = False
-    # The train/validation/test split of labelled products (rakuten_mlops.split)
+    # The train/validation/test split of labelled products (rakuten_mlops.ingest.split)
     split_seed: int = 42
     split_validation_fraction: float = Field(0.15, ge=0, lt=1)
     split_test_fraction: float = Field(0.15, ge=0, lt=1)

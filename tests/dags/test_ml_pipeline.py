@@ -42,7 +42,7 @@ STAGES = ["preprocess", "train", "evaluate", "promote"]
 @pytest.fixture()
 def ml_lake(settings, lake_database, sample_dir, tmp_path):
     """The sample loaded into a lake of its own, and ML names nobody else uses."""
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     name = f"test-dag-{uuid.uuid4().hex[:8]}"
     lake = lakehelpers.Lake(
@@ -68,7 +68,7 @@ def ml_lake(settings, lake_database, sample_dir, tmp_path):
     # A failed test may not have registered it.
     with contextlib.suppress(Exception):
         client.delete_registered_model(name)
-    from rakuten_mlops.model_trust import forget
+    from rakuten_mlops.ml.trust import forget
 
     forget(lake.settings, name)  # the checksums its promotions recorded
     if experiment := client.get_experiment_by_name(name):
@@ -100,7 +100,7 @@ def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = No
 
 
 def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_lake, settings):
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     lake, profiles = ml_lake
     name = lake.settings.model_name
@@ -229,7 +229,7 @@ def test_the_docker_stage_commands_run_the_pipeline_and_print_their_reference_la
     ml_lake, docker_dag
 ):
     """Each container's command, run here with the same arguments and environment."""
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     lake, profiles = ml_lake
     env = ml_env(lake)

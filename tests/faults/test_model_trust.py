@@ -61,7 +61,7 @@ class Api:
     """One real API server process, as the supervisor runs it (MLflow's reader user)."""
 
     def __init__(self, settings, log_path: Path, **env: str):
-        from rakuten_mlops.tracking import credentials
+        from rakuten_mlops.ml.tracking import credentials
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,7 +116,7 @@ def fitted_pipeline(rows: int, seed: int):
     """The project's text steps + a log-loss linear model, on the shipped real sample."""
     from sklearn.linear_model import SGDClassifier
 
-    from rakuten_mlops.features import build_pipeline
+    from rakuten_mlops.ml.features import build_pipeline
     from rakuten_mlops.settings import get_settings
 
     x = pd.read_csv(SAMPLE / "X_train_update.csv", index_col=0).head(rows)
@@ -329,7 +329,7 @@ def test_mlflow_auth_setup_without_credentials_is_one_clear_line(tmp_path):
 
 
 def test_the_artifact_digest_is_deterministic_and_sees_every_change(tmp_path):
-    from rakuten_mlops.model_trust import folder_digest
+    from rakuten_mlops.ml.trust import folder_digest
 
     def folder(name: str, files: dict[str, bytes]) -> Path:
         root = tmp_path / name
@@ -408,7 +408,7 @@ def test_an_alias_moved_to_an_unpromoted_version_is_not_loaded(trust, champion_r
 
 def test_an_artifact_altered_after_promotion_is_refused(trust, champion_restored, tmp_path):
     """v3 is promoted properly, then its pickle in S3 is replaced by another model's."""
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
     from rakuten_mlops.storage import s3_client
 
     name, client = trust["name"], trust["client"]

@@ -20,7 +20,7 @@ from rakuten_mlops.ingest.sources import (
     read_labels,
     read_source,
 )
-from rakuten_mlops.ingest.text import normalize_slice, read_ahead, slice_size
+from rakuten_mlops.ingest.catalogue import normalize_slice, read_ahead, slice_size
 
 HEADER = ",designation,description,productid,imageid\n"
 

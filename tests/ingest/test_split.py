@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from rakuten_mlops.split import SUBSETS, assign_subsets, fractions
+from rakuten_mlops.ingest.split import SUBSETS, assign_subsets, fractions
 
 SHARES = fractions(0.15, 0.15)
 

@@ -17,7 +17,7 @@ SAMPLE = PROJECT / "raw_data"
 @pytest.fixture(scope="session")
 def sample_frame():
     """The shipped sample's labelled products, split like the lake splits (70/15/15)."""
-    from rakuten_mlops.preprocess import frame_from_csv
+    from rakuten_mlops.ml.dataset import frame_from_csv
 
     return frame_from_csv(SAMPLE / "X_train_update.csv", SAMPLE / "Y_train_CVw08PX.csv")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from rakuten_mlops.evaluate import (
+from rakuten_mlops.ml.evaluate import (
     Evaluation,
     baseline_evaluation,
     evaluate,

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from sklearn.pipeline import Pipeline
 
-from rakuten_mlops.features import (
+from rakuten_mlops.ml.features import (
     FAMILIES,
     LabelEncodedClassifier,
     build_pipeline,
     make_features,
     pipeline_params,
 )
-from rakuten_mlops.train import split_xy
+from rakuten_mlops.ml.train import split_xy
 
 CHEAP = {"word": {"ngram_range": [1, 1]}, "char": {"ngram_range": [2, 3], "min_df": 2}}
 CHEAP_PARAMS = {

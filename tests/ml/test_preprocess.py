@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from rakuten_mlops.preprocess import content_hash, dataset_manifest, split_hash
+from rakuten_mlops.ml.dataset import content_hash, dataset_manifest, split_hash
 
 
 def test_content_hash_ignores_row_order_and_sees_every_change(sample_frame):
@@ -51,7 +51,7 @@ def test_manifest_counts_rows_subsets_and_batches(sample_frame):
 @pytest.mark.stack
 def test_labelled_products_are_read_from_the_lake_with_their_stored_split(db):
     from rakuten_mlops import schema
-    from rakuten_mlops.preprocess import load_labelled_products
+    from rakuten_mlops.ml.dataset import load_labelled_products
 
     schema.migrate(db)
     # Inside a transaction that is always rolled back: other suites share this database.

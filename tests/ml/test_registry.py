@@ -27,7 +27,7 @@ def quiet(line: str) -> None:
 
 @pytest.fixture(scope="module")
 def ml_settings(stack, settings, tmp_path_factory):
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     name = f"test-ml-{uuid.uuid4().hex[:8]}"
     folder = tmp_path_factory.mktemp("ml")
@@ -44,7 +44,7 @@ def ml_settings(stack, settings, tmp_path_factory):
     # A failed test may not have registered it.
     with contextlib.suppress(Exception):
         client.delete_registered_model(name)
-    from rakuten_mlops.model_trust import forget
+    from rakuten_mlops.ml.trust import forget
 
     forget(ml, name)
     experiment = client.get_experiment_by_name(name)
@@ -54,16 +54,16 @@ def ml_settings(stack, settings, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dataset(ml_settings, sample_frame, categories):
-    from rakuten_mlops.preprocess import save_dataset
+    from rakuten_mlops.ml.dataset import save_dataset
 
     return save_dataset(ml_settings, sample_frame, categories)
 
 
 @pytest.fixture(scope="module")
 def first(ml_settings, dataset):
-    from rakuten_mlops.evaluate import run_evaluate
-    from rakuten_mlops.registry import promote
-    from rakuten_mlops.train import run_train
+    from rakuten_mlops.ml.evaluate import run_evaluate
+    from rakuten_mlops.ml.registry import promote
+    from rakuten_mlops.ml.train import run_train
 
     run_id = run_train(ml_settings, dataset.dataset_id, dict(TINY_PROFILE), report=quiet)
     metrics = run_evaluate(ml_settings, run_id, report=quiet)
@@ -71,7 +71,7 @@ def first(ml_settings, dataset):
 
 
 def test_the_dataset_snapshot_is_read_back_by_reference(ml_settings, dataset):
-    from rakuten_mlops.preprocess import dataset_dir, load_dataset
+    from rakuten_mlops.ml.dataset import dataset_dir, load_dataset
 
     shutil.rmtree(dataset_dir(ml_settings, dataset.dataset_id))  # as on another machine
     again = load_dataset(ml_settings, dataset.dataset_id)  # from S3
@@ -82,7 +82,7 @@ def test_the_dataset_snapshot_is_read_back_by_reference(ml_settings, dataset):
 def test_a_run_logs_search_data_version_model_and_evaluation(ml_settings, first, dataset):
     import mlflow.artifacts
 
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     run_id, metrics, _ = first
     client = registry.client(ml_settings)
@@ -131,7 +131,7 @@ def test_a_run_logs_search_data_version_model_and_evaluation(ml_settings, first,
 
 
 def test_the_first_model_is_registered_and_promoted(ml_settings, first):
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     run_id, _, promotion = first
     assert promotion.promoted and promotion.alias == "champion"
@@ -141,8 +141,8 @@ def test_the_first_model_is_registered_and_promoted(ml_settings, first):
 
 
 def test_promotion_records_the_champions_artifact_checksum(ml_settings, first):
-    """What the API checks before it loads a champion (rakuten_mlops.model_trust)."""
-    from rakuten_mlops.model_trust import recorded_sha256, version_digest
+    """What the API checks before it loads a champion (rakuten_mlops.ml.trust)."""
+    from rakuten_mlops.ml.trust import recorded_sha256, version_digest
 
     _, _, promotion = first
     name = ml_settings.model_name
@@ -153,7 +153,7 @@ def test_promotion_records_the_champions_artifact_checksum(ml_settings, first):
 def test_the_champion_summary_shows_its_scores_and_its_lead_over_the_baseline(
     ml_settings, first
 ):
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     _, metrics, promotion = first
     summary = registry.champion_summary(ml_settings)
@@ -170,8 +170,8 @@ def test_champion_from_the_registry_and_the_export_predict_identically(
 ):
     import mlflow.sklearn
 
-    from rakuten_mlops import registry
-    from rakuten_mlops.train import split_xy
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.train import split_xy
 
     run_id, _, promotion = first
     registry.configure(ml_settings)
@@ -189,9 +189,9 @@ def test_champion_from_the_registry_and_the_export_predict_identically(
 
 
 def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset):
-    from rakuten_mlops import registry
-    from rakuten_mlops.evaluate import run_evaluate
-    from rakuten_mlops.train import run_train
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.evaluate import run_evaluate
+    from rakuten_mlops.ml.train import run_train
 
     first_run, _, first_promotion = first
     model_file, meta_file = registry.export_paths(ml_settings)
@@ -211,7 +211,7 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     name = ml_settings.model_name
     assert client.get_model_version_by_alias(name, "champion").version == first_promotion.version
     assert client.get_model_version_by_alias(name, "challenger").version == promotion.version
-    from rakuten_mlops.model_trust import recorded_sha256
+    from rakuten_mlops.ml.trust import recorded_sha256
 
     assert recorded_sha256(ml_settings, name, promotion.version) is None  # never promoted
     run = client.get_run(run_id)
@@ -252,7 +252,7 @@ def test_no_champion_yet_is_none_but_an_unreachable_mlflow_is_an_error(ml_settin
 
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops import registry
+    from rakuten_mlops.ml import registry
 
     unknown = ml_settings.model_copy(update={"model_name": f"test-none-{uuid.uuid4().hex[:8]}"})
     assert registry.champion(unknown) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rakuten_mlops.text import (
+from rakuten_mlops.ml.text import (
     TextCleaner,
     clean_text,
     nltk_stopwords,
@@ -105,7 +105,7 @@ def test_the_fitted_cleaner_needs_no_corpus_and_accepts_plain_inputs(nltk_dir, t
 
 
 def test_the_cleaners_views_are_the_pure_functions_on_every_real_product(nltk_dir, sample_frame):
-    from rakuten_mlops.text import combine
+    from rakuten_mlops.ml.text import combine
 
     cleaner = TextCleaner(nltk_data_dir=nltk_dir, max_chars=300).fit(sample_frame)
     views = cleaner.transform(sample_frame)

@@ -7,8 +7,8 @@ import itertools
 import pytest
 from profiles import TINY_PROFILE
 
-from rakuten_mlops.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
-from rakuten_mlops.train import load_profile, refit, search, training_rows
+from rakuten_mlops.ml.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
+from rakuten_mlops.ml.train import load_profile, refit, search, training_rows
 
 
 @pytest.mark.parametrize("name", ["quick", "full"])
@@ -86,7 +86,7 @@ def test_search_covers_every_family_on_the_training_rows_only(tiny_search, sampl
 
 
 def test_the_best_family_is_refit_and_predicts_the_test_rows(tiny_search, sample_frame):
-    from rakuten_mlops.evaluate import evaluate
+    from rakuten_mlops.ml.evaluate import evaluate
 
     pipeline = refit(sample_frame, tiny_search.best, dict(TINY_PROFILE))
     evaluation = evaluate(pipeline, sample_frame)
@@ -111,7 +111,7 @@ LINEAR_SVC_ONLY = {
 
 def _calibrated(sample_frame, profile):
     """Search, refit and temperature of a LinearSVC-only profile, as the train stage runs them."""
-    from rakuten_mlops.train import train_best
+    from rakuten_mlops.ml.train import train_best
 
     trained = train_best(sample_frame, profile, report=lambda line: None)
     assert trained.calibration_seconds > 0
@@ -125,7 +125,7 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
     from sklearn.model_selection import StratifiedKFold
 
     from rakuten_mlops.serving.model import fit_temperature
-    from rakuten_mlops.train import split_xy
+    from rakuten_mlops.ml.train import split_xy
 
     profile = {
         **LINEAR_SVC_ONLY,
@@ -147,7 +147,7 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
 
 def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):
     from rakuten_mlops.serving.model import fit_temperature
-    from rakuten_mlops.train import split_xy
+    from rakuten_mlops.ml.train import split_xy
 
     profile = {**LINEAR_SVC_ONLY, "train_subsets": ["train"], "calibration": "validation"}
     _, pipeline, temperature = _calibrated(sample_frame, profile)

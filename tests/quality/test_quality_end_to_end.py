@@ -236,7 +236,7 @@ def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
     from qualityhelpers import train_champion
 
     from rakuten_mlops import monitoring
-    from rakuten_mlops.preprocess import load_dataset
+    from rakuten_mlops.ml.dataset import load_dataset
     from rakuten_mlops.storage import connect
 
     name = f"test-quality-tv-{uuid.uuid4().hex[:8]}"

@@ -98,7 +98,7 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
 
 
 def test_stopwords_are_nltks_without_importing_nltk(settings):
-    from rakuten_mlops.text import nltk_stopwords
+    from rakuten_mlops.ml.text import nltk_stopwords
 
     folder = settings.path(settings.nltk_data_dir)
     for language in ("french", "english", "german"):
@@ -107,7 +107,7 @@ def test_stopwords_are_nltks_without_importing_nltk(settings):
 
 
 def test_the_jobs_language_guesser_is_the_inference_logs(settings, guesser, sample):
-    from rakuten_mlops.text import normalise
+    from rakuten_mlops.ml.text import normalise
 
     mine = qf.language_guesser(settings.path(settings.nltk_data_dir))
     assert mine.stopwords == guesser.stopwords

@@ -3,7 +3,7 @@ the running MLflow under a test-only name, served by a real uvicorn process.
 
 Session-scoped and shared by every test here: the training (a few seconds), the two
 registered versions (v1 = champion, v2 = the hot-swap candidate; both with the checksum
-the promotion step records, see rakuten_mlops.model_trust) and the API server.
+the promotion step records, see rakuten_mlops.ml.trust) and the API server.
 The registered model is deleted at the end.
 """
 
@@ -114,7 +114,7 @@ def registered(stack, settings, pipelines, split):
             )
             run_ids.append(run.info.run_id)
     # What the promotion step records: the API serves only versions with a checksum.
-    from rakuten_mlops.model_trust import forget, trust_version
+    from rakuten_mlops.ml.trust import forget, trust_version
 
     for version, run_id in zip(("1", "2"), run_ids, strict=True):
         trust_version(settings, name, version, run_id, reason="serving test fixture")

@@ -25,9 +25,9 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 def project_pipeline(final, word_features: dict | None = None):
-    """The training pipeline's own text steps (rakuten_mlops.features: TextCleaner and
+    """The training pipeline's own text steps (rakuten_mlops.ml.features: TextCleaner and
     TF-IDF, here word n-grams only, for speed) in front of `final`."""
-    from rakuten_mlops.features import build_pipeline
+    from rakuten_mlops.ml.features import build_pipeline
     from rakuten_mlops.settings import get_settings
 
     settings = get_settings()
@@ -64,7 +64,7 @@ class ApiServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         from rakuten_mlops.settings import get_settings
-        from rakuten_mlops.tracking import credentials
+        from rakuten_mlops.ml.tracking import credentials
 
         self.env = {
             **os.environ,

@@ -109,7 +109,7 @@ def test_the_project_pipeline_is_served_by_its_own_steps_without_the_machinery()
     from sklearn.feature_extraction.text import TfidfVectorizer as Tfidf
 
     from rakuten_mlops.serving.model import DirectSteps
-    from rakuten_mlops.train import split_xy
+    from rakuten_mlops.ml.train import split_xy
 
     sample = pd.read_csv(SAMPLE_DATA / "X_train_update.csv", index_col=0).head(300)
     labels = pd.read_csv(SAMPLE_DATA / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"]
@@ -196,7 +196,7 @@ def test_export_as_mlflow_model_saved_with_skops(tmp_path, settings):
         fitted(LogisticRegression()),
         tmp_path / "champion",
         pip_requirements=[],
-        skops_trusted_types=["rakuten_mlops.text.TextCleaner", "builtins.frozenset"],
+        skops_trusted_types=["rakuten_mlops.ml.text.TextCleaner", "builtins.frozenset"],
     )
     local = settings.model_copy(update={"models_dir": tmp_path})
     path, metadata = find_export(local)

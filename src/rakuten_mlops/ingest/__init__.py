@@ -6,7 +6,7 @@ A load runs as a *batch*, identified by its run_id (the Airflow run, or the CLI'
 1. `load_text`    the next slice of source records: products, labels and every reject,
                   in one transaction (`text.py`, planned by `plan.py`);
 2. `assign_split` the train/validation/test subset of the new labelled products
-                  (`rakuten_mlops.split`);
+                  (`rakuten_mlops.ingest.split`);
 3. `load_images`  each new product's image checked and stored once in S3 (`images.py`);
 4. `finalize`     counts from the lake, image limits, the batch summary (`batches.py`).
 
@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from rakuten_mlops.ingest.batches import batch_summary, finalize, lake_summary
 from rakuten_mlops.ingest.images import load_images
 from rakuten_mlops.ingest.sources import IngestError
-from rakuten_mlops.ingest.text import assign_split, load_text, normalize_slice
+from rakuten_mlops.ingest.catalogue import assign_split, load_text, normalize_slice
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.ingest")

@@ -51,7 +51,7 @@ from rakuten_mlops.ingest.sources import (
     list_images,
     printable,
 )
-from rakuten_mlops.ingest.text import stall_point, write_rejects
+from rakuten_mlops.ingest.catalogue import stall_point, write_rejects
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import copy_rows, ensure_buckets, s3_client
 

@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from rakuten_mlops.settings import Settings, env_file, project_root
-from rakuten_mlops.tracking import client_env as tracking_client_env
+from rakuten_mlops.ml.tracking import client_env as tracking_client_env
 
 POSTGRES_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
 HTTP_TIMEOUT = 3.0

@@ -27,6 +27,7 @@ from datetime import datetime
 
 import psycopg
 
+from rakuten_mlops.ml.text import LanguageGuesser
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.serving.inference_log")
@@ -61,12 +62,7 @@ INSERT = (
     f"VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT DO NOTHING"
 )
 
-_WORD = re.compile(r"\w+")
 _HTML = re.compile(r"<[a-zA-Z/!][^>]*>|&(?:[a-zA-Z]{2,8}|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
-# Letters that, beside stopwords, point at a language.
-_LETTER_HINTS = {"fr": set("éèêëàâçùûôîïœ"), "de": set("äöüß")}
-LANGUAGES = {"fr": "french", "de": "german", "en": "english"}
-GUESS_CHARS = 300
 
 
 @dataclass(slots=True)
@@ -88,45 +84,14 @@ class Entry:
     latency_ms: float
 
 
-class LanguageGuesser:
-    """'fr', 'de', 'en' or 'unknown' from stopword hits and accented letters.
-
-    A cheap heuristic for monitoring the mix of languages, not a language identifier:
-    short titles without stopwords or accents are 'unknown'. It reads the first
-    GUESS_CHARS characters only (a few microseconds instead of a few hundred on long
-    descriptions).
-    """
-
-    def __init__(self, settings: Settings):
-        self.stopwords: dict[str, frozenset[str]] = {}
-        try:
-            from rakuten_mlops.text import nltk_stopwords, normalise
-
-            folder = settings.path(settings.nltk_data_dir)
-            for code, language in LANGUAGES.items():
-                words = nltk_stopwords(folder, (language,))
-                # Both spellings: as written, and without accents (as often typed).
-                self.stopwords[code] = frozenset(
-                    token
-                    for word in words
-                    for form in (word.lower(), normalise(word))
-                    for token in _WORD.findall(form)
-                )
-        except Exception as exc:  # noqa: BLE001 - the guess degrades to letters only
-            log.warning("no stopwords for language guessing: %s", exc)
-
-    def guess(self, text: str) -> str:
-        lowered = text[:GUESS_CHARS].lower()
-        tokens = _WORD.findall(lowered)
-        scores = {code: 0 for code in LANGUAGES}
-        for code, words in self.stopwords.items():
-            scores[code] = sum(token in words for token in tokens)
-        letters = set(lowered)
-        for code, hints in _LETTER_HINTS.items():
-            scores[code] += 2 * len(letters & hints)
-        ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
-        (best, top), (_, second) = ranked[0], ranked[1]
-        return best if top > 0 and top > second else "unknown"
+def language_guesser(settings: Settings) -> LanguageGuesser:
+    """The guesser with the project's stopwords; from letters alone if they cannot be read
+    (the log must never stop the API)."""
+    try:
+        return LanguageGuesser(settings.path(settings.nltk_data_dir))
+    except Exception as exc:  # noqa: BLE001 - the guess degrades to letters only
+        log.warning("no stopwords for language guessing: %s", exc)
+        return LanguageGuesser()
 
 
 def features(entry: Entry, guesser: LanguageGuesser) -> tuple:
@@ -206,7 +171,7 @@ class InferenceLogWriter:
         self._close()
 
     def _run(self) -> None:
-        guesser = LanguageGuesser(self.settings)
+        guesser = language_guesser(self.settings)
         next_flush = time.monotonic() + self.flush_seconds
         while True:
             timeout = max(0.0, next_flush - time.monotonic())

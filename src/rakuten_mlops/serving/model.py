@@ -7,7 +7,7 @@
   The model is loaded once per version, never per request.
 * `LoadedModel.predict()` is the one place that knows the model's input contract: a
   fitted scikit-learn Pipeline whose first step takes a frame with `designation` and
-  `description` columns (rakuten_mlops.text.TextCleaner), or, failing that, one raw
+  `description` columns (rakuten_mlops.ml.text.TextCleaner), or, failing that, one raw
   string per product. Which one is probed once, at load time.
 
 Export layout read by the fallback (written by the training pipeline's export step):
@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 import sklearn
 
-from rakuten_mlops import model_trust
+from rakuten_mlops.ml import trust as model_trust
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.serving.model")
@@ -370,7 +370,7 @@ def load_category_names(settings: Settings) -> tuple[dict[int, str], str]:
 
 def configure_mlflow_client(settings: Settings) -> None:
     """MLflow as the read-only user; fail fast instead of MLflow's minutes of retries."""
-    from rakuten_mlops.tracking import configure
+    from rakuten_mlops.ml.tracking import configure
 
     configure(settings, "reader", retries=1, timeout=15)
 
@@ -394,7 +394,7 @@ def champion_version(settings: Settings):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.registry import NO_SUCH_MODEL_CODES
+    from rakuten_mlops.ml.registry import NO_SUCH_MODEL_CODES
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     ref = f"{settings.model_name}@{settings.model_alias}"

@@ -12,7 +12,7 @@ same split, else by scoring the champion on this run's test split). The first ve
 promoted. Otherwise the version gets the alias `challenger`, and the run and the version
 say why. The champion is exported to `models/` (joblib + JSON) for use without MLflow.
 Before `champion` moves, the version's artifact checksum is recorded in PostgreSQL: the
-API loads nothing else (rakuten_mlops.model_trust).
+API loads nothing else (rakuten_mlops.ml.trust).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ REQUIREMENT_DISTRIBUTIONS = (
 
 def configure(settings: Settings) -> None:
     """Point MLflow at the settings' server and S3 store as the admin; fail fast when down."""
-    from rakuten_mlops.tracking import configure as configure_tracking
+    from rakuten_mlops.ml.tracking import configure as configure_tracking
 
     configure_tracking(settings, "admin")
 
@@ -108,7 +108,7 @@ def log_training(
     import yaml
     from mlflow.models import infer_signature
 
-    from rakuten_mlops.train import INPUT_COLUMNS, training_rows
+    from rakuten_mlops.ml.train import INPUT_COLUMNS, training_rows
 
     configure(settings)
     manifest = dataset.manifest
@@ -252,7 +252,7 @@ def log_evaluation(
     (an `evaluate.Gain`) is the model's lead over the plain baseline on the same rows."""
     import mlflow
 
-    from rakuten_mlops.evaluate import confusion_figure
+    from rakuten_mlops.ml.evaluate import confusion_figure
 
     configure(settings)
     metrics = evaluation.metrics()
@@ -346,8 +346,8 @@ def champion_score_on(settings: Settings, champion_version, run) -> tuple[float,
         return float(recorded), "logged on the same test split"
     import mlflow.sklearn
 
-    from rakuten_mlops.evaluate import evaluate
-    from rakuten_mlops.preprocess import load_dataset
+    from rakuten_mlops.ml.evaluate import evaluate
+    from rakuten_mlops.ml.dataset import load_dataset
 
     dataset = load_dataset(settings, run.data.tags["dataset_id"])
     model = mlflow.sklearn.load_model(f"models:/{champion_version.name}/{champion_version.version}")
@@ -394,8 +394,8 @@ def promote(
     alias = settings.model_alias if promoted else CHALLENGER_ALIAS
     if promoted:
         # Before the alias moves: the API loads only a champion whose artifacts hash to
-        # what is recorded here (rakuten_mlops.model_trust).
-        from rakuten_mlops.model_trust import trust_version
+        # what is recorded here (rakuten_mlops.ml.trust).
+        from rakuten_mlops.ml.trust import trust_version
 
         trust_version(settings, name, str(version.version), run_id, reason[:5000])
     mlflow_client.set_registered_model_alias(name, alias, version.version)
@@ -472,7 +472,7 @@ def champion_summary(settings: Settings, model_name: str | None = None) -> dict[
             summary[key] = f"{metrics[key]:.4f}"
     keys = [f"test_f1_weighted_gain_over_baseline{end}" for end in ("", "_low", "_high")]
     if set(keys) <= set(metrics):
-        from rakuten_mlops.evaluate import Gain
+        from rakuten_mlops.ml.evaluate import Gain
 
         gain = Gain(*(metrics[key] for key in keys))
         summary["gain over baseline"] = (

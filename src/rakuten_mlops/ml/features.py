@@ -17,7 +17,8 @@ from copy import deepcopy
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.feature_selection import SelectKBest, chi2
@@ -25,7 +26,15 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import check_is_fitted
 
-from rakuten_mlops.text import TextCleaner
+from rakuten_mlops.ml.text import (
+    DEFAULT_LANGUAGES,
+    TOKEN,
+    as_frame,
+    as_text,
+    normalise,
+    read_stopwords,
+)
+from rakuten_mlops.settings import get_settings
 
 FAMILIES = ("linear_svc", "logreg", "random_forest", "xgboost")
 TREE_FAMILIES = frozenset({"random_forest", "xgboost"})
@@ -37,6 +46,73 @@ DEFAULT_FEATURES: dict[str, Any] = {
 }
 # Parts a profile can add, e.g. `title: {analyzer: char_wb, ngram_range: [2, 5]}`: each
 # names the cleaner's column it reads (`words`, `chars` or `title`) with `column:`.
+
+
+class TextCleaner(TransformerMixin, BaseEstimator):
+    """Pipeline step: a frame with `designation` (and optionally `description`) -> two views.
+
+    - `words`: word tokens without FR/DE/EN stopwords, for word n-grams;
+    - `chars`: the same normalised text with punctuation and stopwords, for character
+      n-grams (they score better on it: "l'art", "n°", "3/4" carry signal), cut at
+      `max_chars`: the start of a description says what the product is, and the
+      n-grams of a 10,000-character description would cost more than they tell;
+    - `title`: the normalised designation alone, so a long description cannot drown it.
+
+    Fitting reads the stopword lists once (from `nltk_data_dir`, or the settings' folder)
+    and keeps them, normalised like the text, in `stopwords_`.
+    """
+
+    def __init__(
+        self,
+        languages: tuple[str, ...] = DEFAULT_LANGUAGES,
+        strip_accents: bool = True,
+        nltk_data_dir: str | None = None,
+        max_chars: int | None = 500,
+    ):
+        self.languages = languages
+        self.strip_accents = strip_accents
+        self.nltk_data_dir = nltk_data_dir
+        self.max_chars = max_chars
+
+    def fit(self, X, y=None):  # noqa: N803 - scikit-learn's naming
+        folder = self.nltk_data_dir
+        if folder is None:
+            settings = get_settings()
+            folder = settings.path(settings.nltk_data_dir)
+        raw = read_stopwords(folder, self.languages) if self.languages else []
+        # Stopwords go through the same normalisation as the text they are matched against.
+        self.stopwords_ = frozenset(
+            token for word in raw for token in TOKEN.findall(normalise(word, self.strip_accents))
+        )
+        return self
+
+    def transform(self, X) -> pd.DataFrame:  # noqa: N803
+        # Plain lists, one normalisation per text: this runs on every served request,
+        # where pandas string methods cost more than the cleaning itself.
+        stop, strip, limit = self.stopwords_, self.strip_accents, self.max_chars
+        frame = as_frame(X)
+        titles = [as_text(value) for value in frame["designation"].tolist()]
+        if "description" in frame:
+            descriptions = [as_text(value) for value in frame["description"].tolist()]
+        else:
+            descriptions = [""] * len(titles)
+        words, chars = [], []
+        for title, description in zip(titles, descriptions, strict=True):
+            normal = normalise(f"{title} {description}", strip)
+            words.append(" ".join(t for t in TOKEN.findall(normal) if t not in stop))
+            chars.append(" ".join(normal.split())[:limit])
+        return pd.DataFrame(
+            {
+                "words": words,
+                "chars": chars,
+                "title": [" ".join(normalise(title, strip).split()) for title in titles],
+            },
+            dtype=object,
+        )
+
+    def get_feature_names_out(self, input_features=None):
+        return np.array(["words", "chars", "title"], dtype=object)
+
 
 
 class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
-from rakuten_mlops.train import split_xy
+from rakuten_mlops.ml.train import split_xy
 
 
 @dataclass
@@ -193,7 +193,7 @@ def baseline_pipeline():
 
 
 def _raw_text(frame: pd.DataFrame) -> np.ndarray:
-    from rakuten_mlops.text import combine
+    from rakuten_mlops.ml.text import combine
 
     return combine(frame).to_numpy(dtype=object)
 
@@ -218,8 +218,8 @@ def run_evaluate(
     """
     import yaml
 
-    from rakuten_mlops import registry
-    from rakuten_mlops.preprocess import load_dataset
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.dataset import load_dataset
 
     mlflow_client = registry.client(settings)
     run = mlflow_client.get_run(run_id)

@@ -442,7 +442,7 @@ def assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
     """Phase 1b: the train/validation/test subset of every labelled product lacking one.
 
     Idempotent and self-healing: it assigns whatever a crashed run left unassigned, in
-    batch order, exactly as that run would have (see rakuten_mlops.split).
+    batch order, exactly as that run would have (see rakuten_mlops.ingest.split).
     """
     with failure_recorded(settings, "split", batch_id=batch_id):
         return _assign_split(settings, batch_id)

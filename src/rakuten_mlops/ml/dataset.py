@@ -143,7 +143,7 @@ def save_dataset(
     upload: bool = True,
 ) -> Dataset:
     """Write the snapshot (parquet + manifest) locally and, with `upload`, to S3."""
-    from rakuten_mlops.text import TextCleaner
+    from rakuten_mlops.ml.text import TextCleaner
 
     manifest = dataset_manifest(frame, categories)
     snapshot = frame[
@@ -242,10 +242,10 @@ def frame_from_csv(
 ) -> pd.DataFrame:
     """A dataset frame from challenge-layout CSVs, split like the lake splits (tests, bench).
 
-    Uses the lake's own assignment (`rakuten_mlops.split.assign_subsets`): stratified by
+    Uses the lake's own assignment (`rakuten_mlops.ingest.split.assign_subsets`): stratified by
     class, ordered by a seeded hash of the productid.
     """
-    from rakuten_mlops.split import assign_subsets, fractions
+    from rakuten_mlops.ingest.split import assign_subsets, fractions
 
     x = pd.read_csv(x_csv, index_col=0)
     y = pd.read_csv(y_csv, index_col=0)

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from sklearn.pipeline import Pipeline
 
-from rakuten_mlops.features import FAMILIES, build_pipeline
+from rakuten_mlops.ml.features import FAMILIES, build_pipeline
 
 SCORING = "f1_weighted"
 INPUT_COLUMNS = ["designation", "description"]
@@ -218,7 +218,7 @@ def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memo
 
 
 def _as_grid(family: str, grid: dict[str, list]) -> dict[str, list]:
-    from rakuten_mlops.features import pipeline_params
+    from rakuten_mlops.ml.features import pipeline_params
 
     if not grid:
         return {}
@@ -251,7 +251,7 @@ def search_family(
     results = results[keep].copy()
     best = searcher.best_index_
     n_fits = int(len(results) * profile["cv_folds"])
-    from rakuten_mlops.features import pipeline_params
+    from rakuten_mlops.ml.features import pipeline_params
 
     fixed = {k: _plain(v) for k, v in pipeline_params(family, spec.get("fixed") or {}).items()}
     return FamilyResult(
@@ -479,8 +479,8 @@ def run_train(
     report=print,
 ) -> str:
     """Stage `train`: search + refit on dataset `dataset_id`, all logged to MLflow; the run id."""
-    from rakuten_mlops import registry
-    from rakuten_mlops.preprocess import load_dataset
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.dataset import load_dataset
 
     registry.configure(settings)  # fail before a long search if MLflow is misconfigured
     profile = load_profile(profile or settings.training_profile)

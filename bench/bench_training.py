@@ -120,8 +120,8 @@ def main() -> int:
         return 0
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the search's worker processes too
-    from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate, f1_gain
     from rakuten_mlops.ml.dataset import frame_from_csv
+    from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate, f1_gain
     from rakuten_mlops.ml.train import load_profile, train_best
 
     profile = load_profile(os.environ.get("BENCH_PROFILE", "full"))

@@ -69,8 +69,8 @@ def ml_pipeline():
 
     @task(execution_timeout=timedelta(hours=3))
     def train(dataset_id: str, **context) -> str:
-        from rakuten_mlops.settings import get_settings
         from rakuten_mlops.ml.train import run_train
+        from rakuten_mlops.settings import get_settings
 
         profile = context["params"].get("profile") or None
         return run_train(

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from rakuten_mlops.errors import LakeError, PromotionError, RakutenError
 from rakuten_mlops.settings import (
     env_file,
     get_settings,
@@ -321,6 +322,8 @@ def demo_predict_command(
 
 # ML stages (ml_pipeline DAGs): each reads its inputs by reference and prints, as its
 # last line, the reference the next stage needs (DockerOperator pushes that to XCom).
+# Each command imports its stage (MLflow, scikit-learn: seconds) inside itself, so that
+# `--help` and the other commands stay fast.
 
 
 @app.command("preprocess")
@@ -330,7 +333,7 @@ def preprocess_command(
     """Freeze the lake's labelled products and split as a dataset version; print its id."""
     from rakuten_mlops.ml.dataset import prepare_dataset
 
-    with _exits_on("preprocess", ValueError):
+    with _exits_on("preprocess", LakeError), _service_down("preprocess"):
         dataset = prepare_dataset(get_settings(), upload=upload)
     manifest = dataset.manifest
     where = manifest.get("s3_uri") or manifest["local_path"]
@@ -355,10 +358,10 @@ def train_command(
     """Search every family, refit the best, log all to MLflow; print the run id."""
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.ml.train import run_train
+    from rakuten_mlops.ml.stages import run_train
 
     # An unknown profile or family, a bad profile, an unknown dataset, MLflow unreachable.
-    with _exits_on("train", ValueError, FileNotFoundError, MlflowException):
+    with _exits_on("train", RakutenError, MlflowException), _service_down("train"):
         run_id = run_train(get_settings(), dataset_id, profile, families=family or None,
                            report=lambda line: typer.echo(line, err=True))
     typer.echo(run_id)
@@ -376,9 +379,9 @@ def evaluate_command(
 
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.ml.evaluate import run_evaluate
+    from rakuten_mlops.ml.stages import run_evaluate
 
-    with _exits_on("evaluate", ValueError, MlflowException):
+    with _exits_on("evaluate", RakutenError, MlflowException), _service_down("evaluate"):
         metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
                                report=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(metrics, sort_keys=True))
@@ -394,9 +397,9 @@ def promote_command(
 
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.ml.registry import promote
+    from rakuten_mlops.ml.stages import promote
 
-    with _exits_on("promote", ValueError, MlflowException):
+    with _exits_on("promote", RakutenError, MlflowException), _service_down("promote"):
         result = promote(get_settings(), run_id, export=export)
     typer.echo(result.reason, err=True)
     typer.echo(json.dumps(result.as_dict(), sort_keys=True))
@@ -407,9 +410,9 @@ def export_model_command() -> None:
     """Write the registry's champion to models/ (joblib + metadata JSON)."""
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.ml.registry import export_champion
+    from rakuten_mlops.ml.stages import export_champion
 
-    with _exits_on("export-model", ValueError, MlflowException):
+    with _exits_on("export-model", PromotionError, MlflowException):
         path = export_champion(get_settings())
     typer.echo(str(path))
 
@@ -463,7 +466,7 @@ def champion_command() -> None:
 
     from rakuten_mlops.ml.registry import champion_summary
 
-    with _exits_on("champion", ValueError, MlflowException):
+    with _exits_on("champion", PromotionError, MlflowException):
         summary = champion_summary(get_settings())
     for key, value in summary.items():
         typer.echo(f"  {key:<28} {value}")

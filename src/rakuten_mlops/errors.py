@@ -29,3 +29,7 @@ class EvaluationError(RakutenError):
 
 class PromotionError(RakutenError):
     """A run cannot be promoted (not evaluated, no champion to export)."""
+
+
+class ExportError(RakutenError):
+    """The exported model in models/ is missing or unreadable."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from lakehelpers import jpeg_bytes, png_bytes
 
+from rakuten_mlops.ingest.catalogue import normalize_slice, read_ahead, slice_size
 from rakuten_mlops.ingest.images import BadImage, check_jpeg
 from rakuten_mlops.ingest.plan import LakeState, Planner, _labels, make_plan
 from rakuten_mlops.ingest.sources import (
@@ -20,7 +21,6 @@ from rakuten_mlops.ingest.sources import (
     read_labels,
     read_source,
 )
-from rakuten_mlops.ingest.catalogue import normalize_slice, read_ahead, slice_size
 
 HEADER = ",designation,description,productid,imageid\n"
 

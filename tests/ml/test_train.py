@@ -124,8 +124,8 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    from rakuten_mlops.serving.model import fit_temperature
     from rakuten_mlops.ml.train import split_xy
+    from rakuten_mlops.serving.model import fit_temperature
 
     profile = {
         **LINEAR_SVC_ONLY,
@@ -146,8 +146,8 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
 
 
 def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):
-    from rakuten_mlops.serving.model import fit_temperature
     from rakuten_mlops.ml.train import split_xy
+    from rakuten_mlops.serving.model import fit_temperature
 
     profile = {**LINEAR_SVC_ONLY, "train_subsets": ["train"], "calibration": "validation"}
     _, pipeline, temperature = _calibrated(sample_frame, profile)

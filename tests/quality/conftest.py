@@ -109,8 +109,8 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
 
     from rakuten_mlops.ingest import run_ingest
     from rakuten_mlops.localstack.services import prometheus_config
-    from rakuten_mlops.monitoring import record_promotion
     from rakuten_mlops.ml.dataset import prepare_dataset
+    from rakuten_mlops.monitoring import record_promotion
     from rakuten_mlops.storage import connect
 
     folder = tmp_path_factory.mktemp("drift_run")

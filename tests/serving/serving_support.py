@@ -63,8 +63,8 @@ class ApiServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        from rakuten_mlops.settings import get_settings
         from rakuten_mlops.ml.tracking import credentials
+        from rakuten_mlops.settings import get_settings
 
         self.env = {
             **os.environ,

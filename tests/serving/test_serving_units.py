@@ -108,8 +108,8 @@ def test_the_project_pipeline_is_served_by_its_own_steps_without_the_machinery()
     from sklearn.compose import ColumnTransformer
     from sklearn.feature_extraction.text import TfidfVectorizer as Tfidf
 
-    from rakuten_mlops.serving.model import DirectSteps
     from rakuten_mlops.ml.train import split_xy
+    from rakuten_mlops.serving.model import DirectSteps
 
     sample = pd.read_csv(SAMPLE_DATA / "X_train_update.csv", index_col=0).head(300)
     labels = pd.read_csv(SAMPLE_DATA / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"]

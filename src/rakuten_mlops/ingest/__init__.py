@@ -19,9 +19,9 @@ import logging
 from datetime import UTC, datetime
 
 from rakuten_mlops.ingest.batches import batch_summary, finalize, lake_summary
+from rakuten_mlops.ingest.catalogue import assign_split, load_text, normalize_slice
 from rakuten_mlops.ingest.images import load_images
 from rakuten_mlops.ingest.sources import IngestError
-from rakuten_mlops.ingest.catalogue import assign_split, load_text, normalize_slice
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.ingest")

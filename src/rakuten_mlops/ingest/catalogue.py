@@ -33,7 +33,8 @@ from pathlib import Path
 
 import psycopg
 
-from rakuten_mlops import schema, split
+from rakuten_mlops import schema
+from rakuten_mlops.ingest import split
 from rakuten_mlops.ingest.lake import failure_recorded, lake_connect
 from rakuten_mlops.ingest.plan import LakeState, Planner
 from rakuten_mlops.ingest.sources import (
@@ -452,9 +453,9 @@ def _assign_split(settings: Settings, batch_id: int) -> dict[str, int]:
     started = time.perf_counter()
     with lake_connect(settings) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (INGEST_LOCK,))
-        subsets = split.assign_split(conn, settings.split_seed,
-                                     settings.split_validation_fraction,
-                                     settings.split_test_fraction)
+        subsets = split.assign_pending(conn, settings.split_seed,
+                                      settings.split_validation_fraction,
+                                      settings.split_test_fraction)
         if sum(subsets.values()):  # a re-run that assigns nothing changes nothing
             conn.execute(
                 "UPDATE load_batches SET split_assigned = (SELECT count(*) FROM dataset_split s"

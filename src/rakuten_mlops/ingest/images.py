@@ -40,6 +40,7 @@ from minio.error import S3Error
 from PIL import Image, UnidentifiedImageError
 
 from rakuten_mlops.failures import scrub
+from rakuten_mlops.ingest.catalogue import stall_point, write_rejects
 from rakuten_mlops.ingest.lake import LOCK_WAIT, BatchBusy, failure_recorded, lake_connect
 from rakuten_mlops.ingest.progress import Progress
 from rakuten_mlops.ingest.sources import (
@@ -51,7 +52,6 @@ from rakuten_mlops.ingest.sources import (
     list_images,
     printable,
 )
-from rakuten_mlops.ingest.catalogue import stall_point, write_rejects
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import copy_rows, ensure_buckets, s3_client
 

@@ -74,7 +74,7 @@ def assign_subsets(
     return result
 
 
-def assign_split(
+def assign_pending(
     conn: psycopg.Connection, seed: int, validation: float, test: float
 ) -> dict[str, int]:
     """Give every labelled product without a subset its subset; return counts of new ones.

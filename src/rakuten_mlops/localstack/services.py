@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import yaml
 
-from rakuten_mlops.settings import Settings, env_file, project_root
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
+from rakuten_mlops.ml.tracking import s3_client_env
+from rakuten_mlops.settings import Settings, env_file, project_root
 
 POSTGRES_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
 HTTP_TIMEOUT = 3.0
@@ -376,16 +377,6 @@ def s3_service(settings: Settings) -> Service:
 
 
 # --------------------------------------------------------------------------- MLflow
-
-
-def s3_client_env(settings: Settings) -> dict[str, str]:
-    """What boto3-based clients (MLflow artifacts) need to reach the S3 store."""
-    return {
-        "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
-        "AWS_DEFAULT_REGION": settings.s3_region,
-    }
 
 
 def mlflow_auth_paths(settings: Settings) -> tuple[Path, Path]:

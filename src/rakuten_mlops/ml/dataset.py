@@ -21,8 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from minio.error import S3Error
 
+from rakuten_mlops.errors import LakeError
+from rakuten_mlops.ingest.split import assign_subsets, fractions
+from rakuten_mlops.ml.features import TextCleaner
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect, ensure_buckets, get_bytes, put_bytes, s3_client
 
 DATASET_COLUMNS = ["productid", "designation", "description", "prdtypecode", "subset"]
 S3_PREFIX = "processed/datasets"
@@ -143,8 +148,6 @@ def save_dataset(
     upload: bool = True,
 ) -> Dataset:
     """Write the snapshot (parquet + manifest) locally and, with `upload`, to S3."""
-    from rakuten_mlops.ml.text import TextCleaner
-
     manifest = dataset_manifest(frame, categories)
     snapshot = frame[
         DATASET_COLUMNS + [c for c in ("product_batch_id", "label_batch_id") if c in frame]
@@ -168,8 +171,6 @@ def save_dataset(
     (folder / "products.parquet").write_bytes(parquet)
     (folder / "manifest.json").write_bytes(body)
     if upload:
-        from rakuten_mlops.storage import ensure_buckets, put_bytes, s3_client
-
         client = s3_client(settings)
         ensure_buckets(client, [settings.s3_bucket_artifacts])
         put_bytes(
@@ -193,19 +194,25 @@ def load_dataset(settings: Settings, dataset_id: str) -> Dataset:
     folder = dataset_dir(settings, dataset_id)
     parquet, manifest_file = folder / "products.parquet", folder / "manifest.json"
     if not (parquet.is_file() and manifest_file.is_file()):
-        from rakuten_mlops.storage import get_bytes, s3_client
-
         client = s3_client(settings)
         folder.mkdir(parents=True, exist_ok=True)
         for name, target in (("products.parquet", parquet), ("manifest.json", manifest_file)):
-            target.write_bytes(
-                get_bytes(client, settings.s3_bucket_artifacts, s3_key(dataset_id, name))
-            )
+            key = s3_key(dataset_id, name)
+            try:
+                body = get_bytes(client, settings.s3_bucket_artifacts, key)
+            except S3Error as exc:
+                if exc.code not in ("NoSuchKey", "NoSuchBucket"):
+                    raise
+                raise LakeError(
+                    f"unknown dataset {dataset_id!r}: no {folder} and no "
+                    f"s3://{settings.s3_bucket_artifacts}/{key} ({exc.code}); run `preprocess`"
+                ) from None
+            target.write_bytes(body)
     manifest = json.loads(manifest_file.read_text())
     frame = pd.read_parquet(parquet)
     frame = frame.astype({"designation": object, "description": object, "subset": object})
     if (actual := content_hash(frame)) != manifest["sha256"]:
-        raise ValueError(
+        raise LakeError(
             f"dataset {dataset_id}: content hash {actual[:16]} "
             f"!= manifest {manifest['sha256'][:16]}"
         )
@@ -214,19 +221,17 @@ def load_dataset(settings: Settings, dataset_id: str) -> Dataset:
 
 def prepare_dataset(settings: Settings, upload: bool = True) -> Dataset:
     """The lake's labelled products, frozen as a dataset version (the `preprocess` stage)."""
-    from rakuten_mlops.storage import connect
-
     with connect(settings) as conn:
         frame = load_labelled_products(conn)
         categories = load_categories(conn)
     if frame.empty:
-        raise ValueError(
+        raise LakeError(
             "no labelled products with a subset in the lake: run prepare_data (or "
             "`python -m rakuten_mlops ingest`) first"
         )
     missing = {"train", "test"} - set(frame["subset"])
     if missing:
-        raise ValueError(f"the stored split has no {', '.join(sorted(missing))} rows")
+        raise LakeError(f"the stored split has no {', '.join(sorted(missing))} rows")
     return save_dataset(settings, frame, categories, upload=upload)
 
 
@@ -245,8 +250,6 @@ def frame_from_csv(
     Uses the lake's own assignment (`rakuten_mlops.ingest.split.assign_subsets`): stratified by
     class, ordered by a seeded hash of the productid.
     """
-    from rakuten_mlops.ingest.split import assign_subsets, fractions
-
     x = pd.read_csv(x_csv, index_col=0)
     y = pd.read_csv(y_csv, index_col=0)
     frame = x.join(y, how="inner")[["productid", "designation", "description", "prdtypecode"]]

@@ -13,8 +13,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.svm import LinearSVC
 
+from rakuten_mlops.errors import EvaluationError
+from rakuten_mlops.ml.text import combine
 from rakuten_mlops.ml.train import split_xy
 
 
@@ -58,34 +64,45 @@ class Evaluation:
         return pd.DataFrame(rows)
 
 
-def evaluate(pipeline, frame: pd.DataFrame, subset: str = "test") -> Evaluation:
+def evaluate_pipeline(pipeline, frame: pd.DataFrame, subset: str = "test") -> Evaluation:
+    """`pipeline` scored on the `subset` rows of `frame`, row by row kept for resampling."""
     rows = frame[frame["subset"] == subset]
     if rows.empty:
-        raise ValueError(f"no {subset} rows to evaluate on")
+        raise EvaluationError(f"no {subset} rows to evaluate on")
     X, y = split_xy(rows)  # noqa: N806 - scikit-learn's naming
     started = time.perf_counter()
     predicted = np.asarray(pipeline.predict(X))
-    seconds = time.perf_counter() - started
-    labels = sorted(set(y.tolist()) | set(predicted.tolist()))
+    return score_predictions(y, predicted, time.perf_counter() - started)
+
+
+def score_predictions(truth, predicted, predict_seconds: float = 0.0) -> Evaluation:
+    """The evaluation of `predicted` against `truth` (same rows, same order)."""
+    truth = np.asarray(truth, dtype=np.int64)
+    predicted = np.asarray(predicted, dtype=np.int64)
+    if len(truth) == 0 or len(truth) != len(predicted):
+        raise EvaluationError(
+            f"cannot score {len(predicted)} predictions against {len(truth)} labels"
+        )
+    labels = sorted(set(truth.tolist()) | set(predicted.tolist()))
     return Evaluation(
-        f1_weighted=float(f1_score(y, predicted, average="weighted")),
-        accuracy=float(accuracy_score(y, predicted)),
-        f1_macro=float(f1_score(y, predicted, average="macro")),
-        n_test=len(rows),
+        f1_weighted=float(f1_score(truth, predicted, average="weighted")),
+        accuracy=float(accuracy_score(truth, predicted)),
+        f1_macro=float(f1_score(truth, predicted, average="macro")),
+        n_test=len(truth),
         labels=labels,
         report=classification_report(
-            y, predicted, labels=labels, output_dict=True, zero_division=0
+            truth, predicted, labels=labels, output_dict=True, zero_division=0
         ),
-        confusion=confusion_matrix(y, predicted, labels=labels),
-        predict_seconds=seconds,
-        truth=y,
+        confusion=confusion_matrix(truth, predicted, labels=labels),
+        predict_seconds=predict_seconds,
+        truth=truth,
         predicted=predicted,
     )
 
 
 @dataclass(frozen=True)
 class Gain:
-    """Weighted F1 of one model minus another's on the same rows, with a 95% interval."""
+    """Weighted F1 of one model minus another's on the same rows, with its interval."""
 
     f1_weighted: float
     low: float
@@ -97,23 +114,31 @@ class Gain:
         return self.low > 0
 
     def __str__(self) -> str:
-        return f"{self.f1_weighted:+.4f} (95% interval {self.low:+.4f} to {self.high:+.4f})"
+        return f"{self.f1_weighted:+.4f} (interval {self.low:+.4f} to {self.high:+.4f})"
 
 
-def f1_gain(ours: Evaluation, theirs: Evaluation, resamples: int = 1000, seed: int = 0) -> Gain:
-    """How much `ours` beats `theirs` on the same test rows: the paired bootstrap.
+def f1_gain(
+    ours: Evaluation,
+    theirs: Evaluation,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Gain:
+    """How much `ours` beats `theirs` on the same test rows: the paired bootstrap, with
+    its `confidence` percentile interval.
 
     Each resample draws the test rows with replacement (as multinomial row weights) and
     scores both models on the same draw, so what the two get right together cancels out.
     """
     if not np.array_equal(ours.truth, theirs.truth):
-        raise ValueError("the two evaluations are not on the same test rows")
+        raise EvaluationError("the two evaluations are not on the same test rows")
     rows = len(ours.truth)
     draws = np.random.default_rng(seed).multinomial(rows, np.full(rows, 1 / rows), resamples)
     gains = resampled_f1_weighted(draws, ours.truth, ours.predicted) - resampled_f1_weighted(
         draws, theirs.truth, theirs.predicted
     )
-    low, high = np.percentile(gains, [2.5, 97.5])
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(gains, [tail, 100 - tail])
     return Gain(ours.f1_weighted - theirs.f1_weighted, float(low), float(high))
 
 
@@ -170,11 +195,6 @@ def confusion_figure(evaluation: Evaluation, names: dict[int, str] | None = None
 
 def baseline_pipeline():
     """The reference: plain word + char TF-IDF and a default LinearSVC on raw text."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import FeatureUnion, Pipeline
-    from sklearn.preprocessing import FunctionTransformer
-    from sklearn.svm import LinearSVC
-
     return Pipeline(
         [
             ("text", FunctionTransformer(_raw_text)),
@@ -193,8 +213,6 @@ def baseline_pipeline():
 
 
 def _raw_text(frame: pd.DataFrame) -> np.ndarray:
-    from rakuten_mlops.ml.text import combine
-
     return combine(frame).to_numpy(dtype=object)
 
 
@@ -204,42 +222,4 @@ def baseline_evaluation(
     """`baseline_pipeline` trained on the same training rows, scored on the same split."""
     X, y = split_xy(frame[frame["subset"].isin(train_subsets)])  # noqa: N806
     pipeline = baseline_pipeline().fit(X, y)
-    return evaluate(pipeline, frame, subset)
-
-
-def run_evaluate(
-    settings, run_id: str, baseline: bool | None = None, report=print
-) -> dict[str, float]:
-    """Stage `evaluate`: the run's logged model, scored once on its dataset's test split.
-
-    Loads the model back from MLflow (so what is scored is what was logged), and, unless
-    the run's profile says `baseline: false`, trains the plain baseline on the same rows
-    for comparison.
-    """
-    import yaml
-
-    from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.dataset import load_dataset
-
-    mlflow_client = registry.client(settings)
-    run = mlflow_client.get_run(run_id)
-    dataset = load_dataset(settings, run.data.tags["dataset_id"])
-    pipeline = registry.load_run_model(settings, run_id)
-    evaluation = evaluate(pipeline, dataset.frame)
-    report(
-        f"test: weighted F1 {evaluation.f1_weighted:.4f}, accuracy {evaluation.accuracy:.4f} "
-        f"on {evaluation.n_test} products"
-    )
-    import mlflow.artifacts
-
-    profile = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/profile.yaml"))
-    gain = None
-    if baseline if baseline is not None else profile.get("baseline", True):
-        plain = baseline_evaluation(dataset.frame, profile["train_subsets"])
-        gain = f1_gain(evaluation, plain)
-        report(
-            f"baseline (word+char TF-IDF + LinearSVC): test weighted F1 {plain.f1_weighted:.4f}; "
-            f"the model {'clearly beats it' if gain.clear else 'does not clearly beat it'}: "
-            f"{gain}"
-        )
-    return registry.log_evaluation(settings, run_id, evaluation, dataset.categories, gain)
+    return evaluate_pipeline(pipeline, frame, subset)

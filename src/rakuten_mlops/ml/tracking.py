@@ -6,6 +6,9 @@ Two roles: `admin` (training, promotion: the Airflow tasks, the CLI, the tests) 
 MLflow's client reads its credentials from MLFLOW_TRACKING_USERNAME/PASSWORD in the
 environment, so that is where they go; values already in the environment win (the
 supervisor and compose give each service its role explicitly).
+
+The HTTP retries and timeout are per role (ROLE_LIMITS) and set, not defaulted: the
+last `configure` in a process decides, never an earlier caller's leftovers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,19 @@ from typing import Literal
 from rakuten_mlops.settings import Settings
 
 Role = Literal["admin", "reader"]
+# (HTTP retries, timeout in seconds): the API must fail fast and fall back to its
+# export instead of waiting through MLflow's minutes of retries; a training job waits.
+ROLE_LIMITS: dict[str, tuple[int, int]] = {"admin": (2, 60), "reader": (1, 15)}
+
+
+def s3_client_env(settings: Settings) -> dict[str, str]:
+    """What boto3-based clients (MLflow artifacts) need to reach the S3 store."""
+    return {
+        "MLFLOW_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": settings.s3_region,
+    }
 
 
 def credentials(settings: Settings, role: Role) -> dict[str, str]:
@@ -35,8 +51,6 @@ def credentials(settings: Settings, role: Role) -> dict[str, str]:
 
 def client_env(settings: Settings, role: Role) -> dict[str, str]:
     """The environment an MLflow client process of `role` needs."""
-    from rakuten_mlops.localstack.services import s3_client_env
-
     return {
         **s3_client_env(settings),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -44,15 +58,38 @@ def client_env(settings: Settings, role: Role) -> dict[str, str]:
     }
 
 
-def configure(settings: Settings, role: Role, retries: int = 2, timeout: int = 60) -> None:
+def configure(settings: Settings, role: Role) -> None:
     """Point this process's MLflow client at the server as `role`; fail fast when it is down."""
+    # mlflow is imported where used: the stack supervisor reads this module's
+    # environment helpers and must not pay for importing MLflow (seconds).
     import mlflow
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout))
+    retries, timeout = ROLE_LIMITS[role]
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
     for key, value in client_env(settings, role).items():
         if key != "MLFLOW_TRACKING_URI":  # set below, for this process only
             os.environ.setdefault(key, value)
     # MLflow 3 resolves models:/ URIs through the process-wide registry URI.
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def client(settings: Settings, role: Role = "admin"):
+    """A configured MlflowClient of `role` (tracking and registry on the same server)."""
+    from mlflow import MlflowClient
+
+    configure(settings, role)
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def experiment_id(settings: Settings, name: str | None = None) -> str:
+    """The id of experiment `name` (default: the settings'), created if missing."""
+    import mlflow
+
+    configure(settings, "admin")
+    name = name or settings.mlflow_experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow.create_experiment(name)

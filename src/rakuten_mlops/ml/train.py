@@ -6,7 +6,8 @@ family is scored with weighted F1 (the challenge's metric) on the same folds of 
 training rows, so their cross-validated scores compare. No test row is ever seen here.
 
 Pure functions of a frame with columns productid, designation, description, prdtypecode,
-subset: no database, no MLflow (those are `preprocess.py` and `registry.py`).
+subset, and a profile (rakuten_mlops.ml.profile): a fitted pipeline out. No database,
+no MLflow: the train stage (rakuten_mlops.ml.stages) logs what this returns.
 """
 
 from __future__ import annotations
@@ -24,70 +25,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
+import psutil
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the next
+from sklearn.model_selection import (
+    GridSearchCV,
+    HalvingGridSearchCV,
+    StratifiedKFold,
+    cross_val_predict,
+)
 from sklearn.pipeline import Pipeline
 
-from rakuten_mlops.ml.features import FAMILIES, build_pipeline
+from rakuten_mlops.errors import TrainingError
+from rakuten_mlops.ml.calibration import fit_temperature
+from rakuten_mlops.ml.features import build_pipeline, pipeline_params
+from rakuten_mlops.ml.profile import OUT_OF_FOLD, load_profile
 
 SCORING = "f1_weighted"
 INPUT_COLUMNS = ["designation", "description"]
-# `calibration: out_of_fold`: the winner's softmax temperature is fitted on its decision
-# values for rows each fold's model did not see, so every labelled non-test row can train.
-OUT_OF_FOLD = "out_of_fold"
-
-
-# --------------------------------------------------------------------------- profiles
-
-
-def profile_dir() -> Path:
-    from rakuten_mlops.settings import project_root
-
-    return project_root() / "config" / "training"
-
-
-def load_profile(profile: str | Path | dict) -> dict[str, Any]:
-    """A profile by name (`quick`, `full`), by path to a YAML file, or as a dict."""
-    if isinstance(profile, dict):
-        data = dict(profile)
-    else:
-        path = Path(profile)
-        if path.suffix not in (".yaml", ".yml"):
-            path = profile_dir() / f"{profile}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in profile_dir().glob("*.yaml")))
-            raise FileNotFoundError(f"training profile {profile!r} not found (known: {known})")
-        data = yaml.safe_load(path.read_text())
-    return validate_profile(data)
-
-
-def validate_profile(profile: dict[str, Any]) -> dict[str, Any]:
-    profile.setdefault("name", "custom")
-    profile.setdefault("cv_folds", 5)
-    profile.setdefault("random_state", 42)
-    profile.setdefault("n_jobs", 2)
-    profile.setdefault("train_subsets", ["train"])
-    profile.setdefault("features", {})
-    profile.setdefault("calibration", "validation")
-    calibration = profile["calibration"]
-    if calibration != OUT_OF_FOLD and calibration in profile["train_subsets"]:
-        # A temperature fitted on rows the model has learned would make it overconfident.
-        raise ValueError(
-            f"profile {profile['name']!r}: calibration {calibration!r} must not be one of "
-            f"the train_subsets {profile['train_subsets']} (use {OUT_OF_FOLD!r})"
-        )
-    families = profile.get("families") or {}
-    if not families:
-        raise ValueError(f"profile {profile['name']!r} has no `families` to search")
-    for family, spec in families.items():
-        if family not in FAMILIES:
-            raise ValueError(f"profile {profile['name']!r}: unknown family {family!r}")
-        spec.setdefault("search", "grid")
-        spec.setdefault("grid", {})
-        if spec["search"] not in ("grid", "halving"):
-            raise ValueError(
-                f"{family}: search must be `grid` or `halving`, not {spec['search']!r}"
-            )
-    return profile
 
 
 # --------------------------------------------------------------------------- results
@@ -154,14 +108,12 @@ def training_rows(frame: pd.DataFrame, profile: dict[str, Any]) -> pd.DataFrame:
     subsets = profile["train_subsets"]
     rows = frame[frame["subset"].isin(subsets)]
     if rows.empty:
-        raise ValueError(f"no rows in subsets {subsets}: is the dataset split?")
+        raise TrainingError(f"no rows in subsets {subsets}: is the dataset split?")
     return rows
 
 
 def folds(profile: dict[str, Any]):
     """The profile's stratified folds: every family, and the calibration, use these."""
-    from sklearn.model_selection import StratifiedKFold
-
     return StratifiedKFold(profile["cv_folds"], shuffle=True, random_state=profile["random_state"])
 
 
@@ -187,8 +139,6 @@ def family_pipeline(
 
 
 def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memory: str | None):
-    from sklearn.model_selection import GridSearchCV
-
     # n_jobs=1: the search parallelises over candidates x folds.
     pipeline = family_pipeline(family, profile, memory=memory)
     grid = _as_grid(family, spec["grid"])
@@ -202,9 +152,6 @@ def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memo
     }
     if spec["search"] == "grid":
         return GridSearchCV(pipeline, grid, **common)
-    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-    from sklearn.model_selection import HalvingGridSearchCV
-
     halving = spec.get("halving") or {}
     return HalvingGridSearchCV(
         pipeline,
@@ -218,8 +165,6 @@ def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memo
 
 
 def _as_grid(family: str, grid: dict[str, list]) -> dict[str, list]:
-    from rakuten_mlops.ml.features import pipeline_params
-
     if not grid:
         return {}
     return {
@@ -251,8 +196,6 @@ def search_family(
     results = results[keep].copy()
     best = searcher.best_index_
     n_fits = int(len(results) * profile["cv_folds"])
-    from rakuten_mlops.ml.features import pipeline_params
-
     fixed = {k: _plain(v) for k, v in pipeline_params(family, spec.get("fixed") or {}).items()}
     return FamilyResult(
         family=family,
@@ -300,6 +243,12 @@ def search(
     profile = load_profile(profile)
     rows = training_rows(frame, profile)
     families = families or list(profile["families"])
+    unknown = sorted(set(families) - set(profile["families"]))
+    if unknown:
+        raise TrainingError(
+            f"family {unknown[0]!r} is not in profile {profile['name']!r} "
+            f"(it has {', '.join(profile['families'])})"
+        )
     results: dict[str, FamilyResult] = {}
     started = time.perf_counter()
     with PeakMemory() as peak:
@@ -365,8 +314,6 @@ class PeakMemory:
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        import psutil
-
         me = psutil.Process(os.getpid())
         while not self._stop.is_set():
             try:
@@ -410,8 +357,6 @@ def score_temperature(
     """
     if hasattr(pipeline, "predict_proba"):
         return None
-    from rakuten_mlops.serving.model import fit_temperature
-
     profile = load_profile(profile)
     calibration = profile["calibration"]
     if calibration != OUT_OF_FOLD:
@@ -419,8 +364,6 @@ def score_temperature(
             return None
         X, y = split_xy(frame[frame["subset"] == calibration])  # noqa: N806
         return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
-    from sklearn.model_selection import cross_val_predict
-
     X, y = split_xy(training_rows(frame, profile))  # noqa: N806
     unfitted = family_pipeline(best.family, profile, best.best_params, memory=memory)
     decision = cross_val_predict(
@@ -466,37 +409,3 @@ def train_best(
     if temperature is not None:
         report(f"score temperature {temperature:.4f} ({profile['calibration']} decision values)")
     return Trained(result, pipeline, temperature, refit_seconds, calibration_seconds)
-
-
-def run_train(
-    settings,
-    dataset_id: str,
-    profile: str | Path | dict | None = None,
-    families: list[str] | None = None,
-    model_name: str | None = None,
-    experiment: str | None = None,
-    extra_tags: dict[str, str] | None = None,
-    report=print,
-) -> str:
-    """Stage `train`: search + refit on dataset `dataset_id`, all logged to MLflow; the run id."""
-    from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.dataset import load_dataset
-
-    registry.configure(settings)  # fail before a long search if MLflow is misconfigured
-    profile = load_profile(profile or settings.training_profile)
-    dataset = load_dataset(settings, dataset_id)
-    report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
-    trained = train_best(dataset.frame, profile, families, report=report)
-    run_id = registry.log_training(
-        settings,
-        dataset=dataset,
-        profile=profile,
-        result=trained.search,
-        pipeline=trained.pipeline,
-        refit_seconds=trained.refit_seconds,
-        temperature=trained.temperature,
-        experiment=experiment,
-        extra_tags=extra_tags,
-    )
-    report(f"mlflow run {run_id}")
-    return run_id

@@ -10,17 +10,12 @@
   `description` columns (rakuten_mlops.ml.text.TextCleaner), or, failing that, one raw
   string per product. Which one is probed once, at load time.
 
-Export layout read by the fallback (written by the training pipeline's export step):
-`models/<MODEL_NAME>.json` (or the one `*.json` there) with optional keys `version`,
-`run_id`, `metrics`, `params`, `training_data` and `model_path` (relative to
-`models/`); the model itself an MLflow model folder (with an `MLmodel` file), or a
-`.joblib`/`.pkl` file.
+The fallback reads the export through rakuten_mlops.ml.export, its one reader.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import tempfile
 import threading
@@ -34,14 +29,18 @@ import httpx
 import numpy as np
 import sklearn
 
+from rakuten_mlops.errors import ExportError
+from rakuten_mlops.ml import tracking
 from rakuten_mlops.ml import trust as model_trust
+from rakuten_mlops.ml.calibration import softmax, temperature_of
+from rakuten_mlops.ml.export import read_export
+from rakuten_mlops.ml.registry import NO_SUCH_MODEL_CODES
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.serving.model")
 
 Source = Literal["registry", "export"]
 PROBE = {"designation": "Peluche Donald - Disneyland (Marionnette A Doigt)", "description": None}
-MODEL_FILE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 REGISTRY_PROBE_TIMEOUT = 3.0
 
 
@@ -166,7 +165,7 @@ class LoadedModel:
                 scores = np.asarray(final.predict_proba(features), dtype=float)
             else:
                 decision = np.asarray(final.decision_function(features), dtype=float)
-                scores = _softmax(decision / (self.temperature or 1.0))
+                scores = softmax(decision / (self.temperature or 1.0))
         finished = time.perf_counter()
         if not np.isfinite(scores).all():
             raise ValueError("the model returned non-finite scores")
@@ -286,51 +285,6 @@ def _contiguous_coefficients(estimator) -> None:
         estimator.coef_ = np.asfortranarray(coef)
 
 
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    if scores.ndim == 1:  # binary decision_function: score of the positive class
-        scores = np.column_stack([-scores, scores])
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(decision: np.ndarray, labels: np.ndarray, classes) -> float:
-    """The temperature T minimising the log-loss of softmax(decision / T) on held-out rows.
-
-    Temperature scaling (Guo et al., 2017): one parameter, so it calibrates the scores
-    of a margin classifier (LinearSVC) without changing its ranking. `decision` is the
-    model's decision_function on rows it was not fitted on, `labels` their classes.
-    For the training pipeline to call and log as `score_temperature`.
-    """
-    from scipy.optimize import minimize_scalar
-
-    decision = np.asarray(decision, dtype=float)
-    index = {code: i for i, code in enumerate(classes)}
-    truth = np.array([index[label] for label in labels])
-
-    def log_loss(log_t: float) -> float:
-        scaled = decision / np.exp(log_t)
-        scaled -= scaled.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(scaled).sum(axis=1))
-        return float(np.mean(log_norm - scaled[np.arange(len(truth)), truth]))
-
-    result = minimize_scalar(log_loss, bounds=(-6.0, 6.0), method="bounded")
-    return float(np.exp(result.x))
-
-
-def _temperature(*sources: dict) -> float | None:
-    for source in sources:
-        value = source.get("score_temperature")
-        if value is not None:
-            try:
-                temperature = float(value)
-            except (TypeError, ValueError):
-                continue
-            if temperature > 0 and np.isfinite(temperature):
-                return temperature
-    return None
-
-
 def _top_k(scores: np.ndarray, classes: tuple[int, ...], k: int) -> list[list[tuple[int, float]]]:
     k = min(k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -370,9 +324,7 @@ def load_category_names(settings: Settings) -> tuple[dict[int, str], str]:
 
 def configure_mlflow_client(settings: Settings) -> None:
     """MLflow as the read-only user; fail fast instead of MLflow's minutes of retries."""
-    from rakuten_mlops.ml.tracking import configure
-
-    configure(settings, "reader", retries=1, timeout=15)
+    tracking.configure(settings, "reader")
 
 
 def registry_reachable(settings: Settings) -> str | None:
@@ -391,12 +343,9 @@ def champion_version(settings: Settings):
     """The registry's ModelVersion under MODEL_NAME@MODEL_ALIAS (RegistryUnavailable if none)."""
     if reason := registry_reachable(settings):
         raise RegistryUnavailable(reason)
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from rakuten_mlops.ml.registry import NO_SUCH_MODEL_CODES
-
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = tracking.client(settings, "reader")
     ref = f"{settings.model_name}@{settings.model_alias}"
     try:
         return client.get_model_version_by_alias(settings.model_name, settings.model_alias)
@@ -437,17 +386,13 @@ def _first_line(text: str, limit: int = 200) -> str:
 def load_registry_version(settings: Settings, version, expected_sha256: str | None) -> LoadedModel:
     """Download one registered version, check it against the checksum recorded at its
     promotion (model_trust.UntrustedModel if not), and load it with its run's data."""
-    import mlflow
     import mlflow.sklearn
-    from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
 
     uri = settings.tracking_uri
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    # MLflow 3 resolves a models:/ URI through the process-wide registry URI, whatever
-    # download_artifacts is passed (without this, a fresh process asks a local sqlite).
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    # Also sets the process-wide registry URI, through which MLflow 3 resolves models:/
+    # URIs whatever download_artifacts is passed.
+    client = tracking.client(settings, "reader")
     label = f"champion v{version.version}"
     with tempfile.TemporaryDirectory(prefix="rakuten-model-") as folder:
         local = download_artifacts(
@@ -491,69 +436,26 @@ def load_registry_version(settings: Settings, version, expected_sha256: str | No
         params=params,
         training_data=training,
         identity=("registry", version.name, str(version.version)),
-        temperature=_temperature(dict(version.tags or {}), training.get("run_tags", {}), params),
+        temperature=temperature_of(dict(version.tags or {}), training.get("run_tags", {}), params),
     )
 
 
 # ------------------------------------------------------------------------- export
 
 
-def find_export(settings: Settings) -> tuple[Path, dict[str, Any]]:
-    """(model path, metadata) of the exported champion in models/ (ModelLoadError if none)."""
-    folder = settings.path(settings.models_dir)
-    if not folder.is_dir():
-        raise ModelLoadError(f"no exported model: {folder} does not exist")
-    named = folder / f"{settings.model_name}.json"
-    candidates = [named] if named.is_file() else sorted(folder.glob("*.json"))
-    metadata: dict[str, Any] = {}
-    if len(candidates) == 1:
-        metadata = json.loads(candidates[0].read_text())
-        if not isinstance(metadata, dict):
-            raise ModelLoadError(f"{candidates[0]} is not a JSON object")
-    declared = metadata.get("model_path") or metadata.get("path")
-    if declared:
-        path = Path(declared) if Path(declared).is_absolute() else folder / declared
-        if not path.exists():
-            raise ModelLoadError(f"{candidates[0]} names {path}, which does not exist")
-        return path, metadata
-    found = [p.parent for p in sorted(folder.glob("*/MLmodel"))] + [
-        p for p in sorted(folder.iterdir()) if p.suffix in MODEL_FILE_SUFFIXES
-    ]
-    if len(found) != 1:
-        raise ModelLoadError(
-            f"no exported model in {folder}: expected one MLflow model folder or "
-            f"{'/'.join(MODEL_FILE_SUFFIXES)} file, found {len(found)}"
-        )
-    return found[0], metadata
-
-
-def _file_state(path: Path) -> tuple:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-
-
-def export_identity(settings: Settings) -> tuple:
-    path, metadata = find_export(settings)
-    return ("export", json.dumps(metadata, sort_keys=True, default=str), _file_state(path))
-
-
-def load_export(settings: Settings, fallback_reason: str | None) -> LoadedModel:
-    path, metadata = find_export(settings)
-    identity = ("export", json.dumps(metadata, sort_keys=True, default=str), _file_state(path))
-    if path.is_dir():
-        import mlflow.sklearn
-
-        estimator = mlflow.sklearn.load_model(str(path))
-    else:
-        import joblib
-
-        estimator = joblib.load(path)
+def load_exported(settings: Settings, fallback_reason: str | None) -> LoadedModel:
+    """The champion exported to models/ (rakuten_mlops.ml.export), as a LoadedModel."""
+    try:
+        exported = read_export(settings)
+    except ExportError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    metadata = exported.metadata
     return LoadedModel(
-        name=str(metadata.get("name") or metadata.get("model_name") or settings.model_name),
-        version=str(metadata.get("version") or metadata.get("model_version") or "export"),
+        name=str(metadata.get("name") or settings.model_name),
+        version=str(metadata.get("version") or "export"),
         alias=settings.model_alias,
         source="export",
-        estimator=estimator,
+        estimator=exported.load(),
         run_id=metadata.get("run_id"),
         metrics={
             key: float(value)
@@ -562,17 +464,24 @@ def load_export(settings: Settings, fallback_reason: str | None) -> LoadedModel:
         },
         params={key: str(value) for key, value in (metadata.get("params") or {}).items()},
         training_data={
-            "export": str(path),
+            "export": str(exported.model_file),
             **{
                 key: metadata[key]
-                for key in ("training_data", "trained_on", "data", "dataset", "exported_at")
+                for key in ("training_data", "exported_at")
                 if key in metadata
             },
         },
         fallback_reason=fallback_reason,
-        identity=identity,
-        temperature=_temperature(metadata, metadata.get("params") or {}),
+        identity=exported.identity(),
+        temperature=temperature_of(metadata, metadata.get("params") or {}),
     )
+
+
+def export_identity(settings: Settings) -> tuple:
+    try:
+        return read_export(settings).identity()
+    except ExportError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 # ------------------------------------------------------------------------- lifecycle
@@ -676,7 +585,7 @@ class ModelManager:
                 and previous.identity == export_identity(settings)
             ):
                 return None, previous.fallback_reason
-            return load_export(settings, fallback_reason=registry_problem).prepare(), None
+            return load_exported(settings, fallback_reason=registry_problem).prepare(), None
         except ModelLoadError as exc:
             raise ModelLoadError(f"{registry_problem}; and {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - a corrupt export must not kill the API

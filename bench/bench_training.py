@@ -53,7 +53,8 @@ def seed_style_search(frame, train_subsets: list[str], n_jobs: int):
     from sklearn.svm import LinearSVC
     from xgboost import XGBClassifier
 
-    from rakuten_mlops.ml.evaluate import _raw_text, evaluate
+    from rakuten_mlops.ml.evaluate import _raw_text
+    from rakuten_mlops.ml.evaluate import evaluate_pipeline as evaluate
     from rakuten_mlops.ml.features import LabelEncodedClassifier
     from rakuten_mlops.ml.train import PeakMemory, split_xy
 
@@ -121,8 +122,10 @@ def main() -> int:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # the search's worker processes too
     from rakuten_mlops.ml.dataset import frame_from_csv
-    from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate, f1_gain
-    from rakuten_mlops.ml.train import load_profile, train_best
+    from rakuten_mlops.ml.evaluate import baseline_evaluation, f1_gain
+    from rakuten_mlops.ml.evaluate import evaluate_pipeline as evaluate
+    from rakuten_mlops.ml.profile import load_profile
+    from rakuten_mlops.ml.train import train_best
 
     profile = load_profile(os.environ.get("BENCH_PROFILE", "full"))
     frame = frame_from_csv(x_csv, y_csv)

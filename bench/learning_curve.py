@@ -44,7 +44,8 @@ def main() -> int:
     from sklearn.model_selection import StratifiedKFold
 
     from rakuten_mlops.ml.dataset import frame_from_csv
-    from rakuten_mlops.ml.train import family_pipeline, load_profile, split_xy, training_rows
+    from rakuten_mlops.ml.profile import load_profile
+    from rakuten_mlops.ml.train import family_pipeline, split_xy, training_rows
 
     profile = load_profile("full")
     X, y = split_xy(training_rows(frame_from_csv(x_csv, y_csv), profile))  # noqa: N806

@@ -69,7 +69,7 @@ def ml_pipeline():
 
     @task(execution_timeout=timedelta(hours=3))
     def train(dataset_id: str, **context) -> str:
-        from rakuten_mlops.ml.train import run_train
+        from rakuten_mlops.ml.stages import run_train
         from rakuten_mlops.settings import get_settings
 
         profile = context["params"].get("profile") or None
@@ -79,7 +79,7 @@ def ml_pipeline():
 
     @task
     def evaluate(mlflow_run_id: str) -> str:
-        from rakuten_mlops.ml.evaluate import run_evaluate
+        from rakuten_mlops.ml.stages import run_evaluate
         from rakuten_mlops.settings import get_settings
 
         run_evaluate(get_settings(), mlflow_run_id)
@@ -87,7 +87,7 @@ def ml_pipeline():
 
     @task
     def promote(mlflow_run_id: str) -> dict:
-        from rakuten_mlops.ml.registry import promote as decide
+        from rakuten_mlops.ml.stages import promote as decide
         from rakuten_mlops.settings import get_settings
 
         result = decide(get_settings(), mlflow_run_id)

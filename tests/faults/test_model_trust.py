@@ -130,8 +130,13 @@ def fitted_pipeline(rows: int, seed: int):
     return pipeline.fit(x[["designation", "description"]], y)
 
 
-def log_run(experiment_id: str, pipeline, test_f1: float) -> str:
-    """A run shaped like the training stage's: the model, its tag, its test score."""
+# The promotion gate's evidence for these runs: their dataset's test rows; a model that
+# equals the champion (v3 below) is within noise, and this policy promotes it.
+TRUST_PROFILE = "train_subsets: [train, validation]\npromotion: {within_noise: promote}\n"
+
+
+def log_run(experiment_id: str, pipeline, test_f1: float, dataset_id: str) -> str:
+    """A run shaped like the training stage's: the model, its tags, its test score."""
     import mlflow
     import mlflow.sklearn
 
@@ -139,7 +144,8 @@ def log_run(experiment_id: str, pipeline, test_f1: float) -> str:
         info = mlflow.sklearn.log_model(
             pipeline, name="model", pip_requirements=[], serialization_format="cloudpickle"
         )
-        mlflow.set_tag("model_uri", info.model_uri)
+        mlflow.set_tags({"model_uri": info.model_uri, "dataset_id": dataset_id})
+        mlflow.log_text(TRUST_PROFILE, "profile.yaml")
         mlflow.log_metric("test_f1_weighted", test_f1)
         return run.info.run_id
 
@@ -159,27 +165,33 @@ def artifact_key(client, name: str, version: str, filename: str) -> tuple[str, s
 
 
 @pytest.fixture(scope="module")
-def trust(stack, settings):
+def trust(stack, settings, tmp_path_factory):
     """A test model: v1 promoted by the promotion step (checksum recorded, champion),
     v2 registered by the admin but never promoted. Everything is deleted afterwards."""
     import mlflow
     from mlflow import MlflowClient
 
-    from rakuten_mlops import model_trust, registry
+    from rakuten_mlops.ml import registry, stages
+    from rakuten_mlops.ml import trust as model_trust
+    from rakuten_mlops.ml.dataset import frame_from_csv, save_dataset
     from rakuten_mlops.storage import connect, s3_client
 
     name = f"test-trust-{uuid.uuid4().hex[:8]}"
-    model_settings = settings.model_copy(update={"model_name": name})
+    model_settings = settings.model_copy(
+        update={"model_name": name, "processed_data_dir": tmp_path_factory.mktemp("processed")}
+    )
+    frame = frame_from_csv(SAMPLE / "X_train_update.csv", SAMPLE / "Y_train_CVw08PX.csv")
+    dataset_id = save_dataset(model_settings, frame, upload=False).dataset_id
     client: MlflowClient = registry.client(model_settings)
     experiment_id = client.create_experiment(name)
     run_ids: list[str] = []
     try:
         good = fitted_pipeline(rows=800, seed=0)
         other = fitted_pipeline(rows=400, seed=1)
-        run_ids.append(log_run(experiment_id, good, test_f1=0.5))
-        first = registry.promote(model_settings, run_ids[0], export=False)
+        run_ids.append(log_run(experiment_id, good, test_f1=0.5, dataset_id=dataset_id))
+        first = stages.promote(model_settings, run_ids[0], export=False)
         assert first.promoted and first.version == "1"
-        run_ids.append(log_run(experiment_id, other, test_f1=0.1))
+        run_ids.append(log_run(experiment_id, other, test_f1=0.1, dataset_id=dataset_id))
         unpromoted = mlflow.register_model(f"runs:/{run_ids[1]}/model", name)
         assert unpromoted.version == "2"
         yield {
@@ -188,6 +200,7 @@ def trust(stack, settings):
             "settings": model_settings,
             "experiment_id": experiment_id,
             "run_ids": run_ids,
+            "dataset_id": dataset_id,
             "good": good,
             "other": other,
         }
@@ -408,13 +421,14 @@ def test_an_alias_moved_to_an_unpromoted_version_is_not_loaded(trust, champion_r
 
 def test_an_artifact_altered_after_promotion_is_refused(trust, champion_restored, tmp_path):
     """v3 is promoted properly, then its pickle in S3 is replaced by another model's."""
-    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml import stages
     from rakuten_mlops.storage import s3_client
 
     name, client = trust["name"], trust["client"]
-    run_id = log_run(trust["experiment_id"], trust["good"], test_f1=0.9)
+    run_id = log_run(trust["experiment_id"], trust["good"], test_f1=0.9,
+                     dataset_id=trust["dataset_id"])
     trust["run_ids"].append(run_id)
-    promoted = registry.promote(trust["settings"], run_id, export=False)
+    promoted = stages.promote(trust["settings"], run_id, export=False)
     assert promoted.promoted and promoted.version == "3"
     s3 = s3_client(trust["settings"])
     bucket, target = artifact_key(client, name, "3", "model.pkl")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
+from rakuten_mlops.errors import EvaluationError
 from rakuten_mlops.ml.evaluate import (
     Evaluation,
     baseline_evaluation,
-    evaluate,
+    evaluate_pipeline,
     f1_gain,
     resampled_f1_weighted,
 )
@@ -87,7 +88,7 @@ def test_a_noisy_lead_is_not_clear():
 def test_evaluations_on_different_rows_are_refused():
     one = _evaluation([1, 2, 3], [1, 2, 2])
     other = _evaluation([1, 2, 2], [1, 2, 2])
-    with pytest.raises(ValueError, match="not on the same test rows"):
+    with pytest.raises(EvaluationError, match="not on the same test rows"):
         f1_gain(one, other)
 
 
@@ -95,7 +96,7 @@ def test_the_baseline_is_scored_on_the_same_test_rows(sample_frame):
     baseline = baseline_evaluation(sample_frame, ["train", "validation"])
     assert baseline.n_test == (sample_frame["subset"] == "test").sum()
     assert 0.5 < baseline.f1_weighted < 0.9
-    again = evaluate(_Constant(int(baseline.truth[0])), sample_frame)
+    again = evaluate_pipeline(_Constant(int(baseline.truth[0])), sample_frame)
     assert np.array_equal(again.truth, baseline.truth)  # same rows, same order
     gain = f1_gain(baseline, again)
     assert gain.clear  # a real model clearly beats predicting one class

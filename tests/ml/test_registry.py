@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 from profiles import TINY_PROFILE, WORSE_PROFILE
 
+from rakuten_mlops.ml import export, stages
+
 pytestmark = pytest.mark.stack
 
 
@@ -61,9 +63,7 @@ def dataset(ml_settings, sample_frame, categories):
 
 @pytest.fixture(scope="module")
 def first(ml_settings, dataset):
-    from rakuten_mlops.ml.evaluate import run_evaluate
-    from rakuten_mlops.ml.registry import promote
-    from rakuten_mlops.ml.train import run_train
+    from rakuten_mlops.ml.stages import promote, run_evaluate, run_train
 
     run_id = run_train(ml_settings, dataset.dataset_id, dict(TINY_PROFILE), report=quiet)
     metrics = run_evaluate(ml_settings, run_id, report=quiet)
@@ -160,7 +160,7 @@ def test_the_champion_summary_shows_its_scores_and_its_lead_over_the_baseline(
     assert summary["model"].startswith(f"{ml_settings.model_name} v{promotion.version} ")
     assert summary["test_f1_weighted"] == f"{metrics['test_f1_weighted']:.4f}"
     gain = metrics["test_f1_weighted_gain_over_baseline"]
-    assert summary["gain over baseline"].startswith(f"{gain:+.4f} (95% interval ")
+    assert summary["gain over baseline"].startswith(f"{gain:+.4f} (interval ")
     verdict = "clear" if metrics["test_f1_weighted_gain_over_baseline_low"] > 0 else "noise"
     assert summary["gain over baseline"].endswith(verdict)
 
@@ -176,7 +176,8 @@ def test_champion_from_the_registry_and_the_export_predict_identically(
     run_id, _, promotion = first
     registry.configure(ml_settings)
     served = mlflow.sklearn.load_model(f"models:/{ml_settings.model_name}@champion")
-    exported, meta = registry.load_export(ml_settings)
+    found = export.read_export(ml_settings)
+    exported, meta = found.load(), found.metadata
     X, _ = split_xy(sample_frame[sample_frame["subset"] == "test"])  # noqa: N806
     np.testing.assert_array_equal(served.predict(X), exported.predict(X))
     np.testing.assert_array_equal(served.decision_function(X), exported.decision_function(X))
@@ -184,29 +185,33 @@ def test_champion_from_the_registry_and_the_export_predict_identically(
     assert meta["label_mapping"]["classes"] == [int(c) for c in exported.classes_]
     assert meta["metrics"]["test_f1_weighted"] == pytest.approx(promotion.test_f1_weighted)
     assert meta["training_data"]["dataset_id"]
-    model_file, _ = registry.export_paths(ml_settings)
+    model_file, _ = export.export_paths(ml_settings)
     assert meta["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
 
 
 def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset):
     from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.evaluate import run_evaluate
-    from rakuten_mlops.ml.train import run_train
+    from rakuten_mlops.ml.stages import run_evaluate, run_train
 
     first_run, _, first_promotion = first
-    model_file, meta_file = registry.export_paths(ml_settings)
+    model_file, meta_file = export.export_paths(ml_settings)
     exported_before = (model_file.read_bytes(), meta_file.read_text())
 
     run_id = run_train(ml_settings, dataset.dataset_id, dict(WORSE_PROFILE), report=quiet)
     run_evaluate(ml_settings, run_id, report=quiet)
-    promotion = registry.promote(ml_settings, run_id)
+    promotion = stages.promote(ml_settings, run_id)
 
     assert not promotion.promoted and promotion.alias == "challenger"
     assert promotion.champion_version == first_promotion.version
     assert promotion.champion_f1_weighted == pytest.approx(first_promotion.test_f1_weighted)
     assert promotion.test_f1_weighted < promotion.champion_f1_weighted
-    assert "does not beat champion" in promotion.reason
-    assert "logged on the same test split" in promotion.reason
+    # The gate: clearly worse than the champion on the same test rows, with its interval.
+    assert promotion.gate_outcome == "clearly_worse"
+    assert promotion.gain_vs_champion_high < 0
+    assert "clearly worse than the champion" in promotion.reason
+    assert promotion.comparison == (
+        f"champion v{first_promotion.version} scored on this run's test split"
+    )
     client = registry.client(ml_settings)
     name = ml_settings.model_name
     assert client.get_model_version_by_alias(name, "champion").version == first_promotion.version
@@ -241,7 +246,7 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     ]
 
     # Promoting the same run again registers nothing new and decides the same.
-    again = registry.promote(ml_settings, run_id)
+    again = stages.promote(ml_settings, run_id)
     assert (again.version, again.alias) == (promotion.version, "challenger")
     assert len(client.search_model_versions(f"name='{name}'")) == 2
     assert first_run != run_id

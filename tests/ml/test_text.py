@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rakuten_mlops.ml.features import TextCleaner
 from rakuten_mlops.ml.text import (
-    TextCleaner,
+    LanguageGuesser,
     clean_text,
-    nltk_stopwords,
     normalise,
     normalised_text,
+    read_stopwords,
 )
 
 
@@ -67,14 +68,35 @@ def test_stopwords_come_from_the_projects_own_corpus(nltk_dir, monkeypatch):
     import nltk
 
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("no download at run time"))
-    words = nltk_stopwords(nltk_dir)
+    words = read_stopwords(nltk_dir)
     assert {"le", "der", "the", "und", "pour"} <= set(words)
     assert len(words) > 450  # french 157 + german 232 + english 179, minus duplicates
 
 
+def test_the_stopword_reader_reads_what_nltk_reads(nltk_dir, monkeypatch):
+    """The one reader opens the corpus zip itself; NLTK's own reader agrees word for word."""
+    import nltk
+    from nltk.corpus import stopwords
+
+    monkeypatch.setattr(nltk.data, "path", [nltk_dir])
+    for language in ("french", "english", "german"):
+        assert read_stopwords(nltk_dir, (language,)) == stopwords.words(language)
+
+
+def test_one_language_guesser_for_serving_and_the_quality_job(nltk_dir):
+    guesser = LanguageGuesser(nltk_dir)
+    assert guesser.guess("Le livre de la cuisine pour les enfants") == "fr"
+    assert guesser.guess("Das Buch für die Kinder und der Hund") == "de"
+    assert guesser.guess("The book for the kids and their dog") == "en"
+    assert guesser.guess("PS4 1To") == "unknown"
+    # Without stopwords it still reads accents: the API's fallback when the corpus is gone.
+    assert LanguageGuesser().guess("Größe") == "de"
+    assert LanguageGuesser().guess("PS4 neuf") == "unknown"
+
+
 def test_a_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="corpora/stopwords.zip"):
-        nltk_stopwords(tmp_path)
+        read_stopwords(tmp_path)
 
 
 def test_the_cleaner_outputs_three_views(nltk_dir):

@@ -7,8 +7,10 @@ import itertools
 import pytest
 from profiles import TINY_PROFILE
 
+from rakuten_mlops.errors import ProfileError
 from rakuten_mlops.ml.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
-from rakuten_mlops.ml.train import load_profile, refit, search, training_rows
+from rakuten_mlops.ml.profile import load_profile
+from rakuten_mlops.ml.train import refit, search, training_rows
 
 
 @pytest.mark.parametrize("name", ["quick", "full"])
@@ -40,12 +42,24 @@ def test_the_full_profile_searches_more_than_the_quick_one():
 
 
 def test_unknown_profile_and_family_are_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="known: .*full.*quick"):
+    with pytest.raises(ProfileError, match="known: .*full.*quick"):
         load_profile("nope")
-    with pytest.raises(ValueError, match="unknown family 'svm'"):
+    with pytest.raises(ProfileError, match="families: unknown family 'svm'"):
         load_profile({"families": {"svm": {}}})
-    with pytest.raises(ValueError, match="calibration 'validation' must not be one of"):
+    with pytest.raises(ProfileError, match="calibration 'validation' must not be one of"):
         load_profile({"train_subsets": ["train", "validation"], "families": {"logreg": {}}})
+    # Errors name the key, nested ones with their path.
+    with pytest.raises(ProfileError, match=r"families\.logreg\.serch: Extra inputs"):
+        load_profile({"families": {"logreg": {"serch": "grid"}}})
+    with pytest.raises(ProfileError, match=r"promotion\.within_noise: Input should be"):
+        load_profile({"families": {"logreg": {}}, "promotion": {"within_noise": "maybe"}})
+
+
+def test_the_shipped_profiles_state_their_promotion_policy():
+    for name in ("quick", "full"):
+        policy = load_profile(name)["promotion"]
+        assert policy["within_noise"] in ("keep", "promote")
+        assert 0.5 < policy["confidence"] < 1 and policy["resamples"] >= 100
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +100,7 @@ def test_search_covers_every_family_on_the_training_rows_only(tiny_search, sampl
 
 
 def test_the_best_family_is_refit_and_predicts_the_test_rows(tiny_search, sample_frame):
-    from rakuten_mlops.ml.evaluate import evaluate
+    from rakuten_mlops.ml.evaluate import evaluate_pipeline as evaluate
 
     pipeline = refit(sample_frame, tiny_search.best, dict(TINY_PROFILE))
     evaluation = evaluate(pipeline, sample_frame)
@@ -124,8 +138,8 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
+    from rakuten_mlops.ml.calibration import fit_temperature
     from rakuten_mlops.ml.train import split_xy
-    from rakuten_mlops.serving.model import fit_temperature
 
     profile = {
         **LINEAR_SVC_ONLY,
@@ -146,8 +160,8 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
 
 
 def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):
+    from rakuten_mlops.ml.calibration import fit_temperature
     from rakuten_mlops.ml.train import split_xy
-    from rakuten_mlops.serving.model import fit_temperature
 
     profile = {**LINEAR_SVC_ONLY, "train_subsets": ["train"], "calibration": "validation"}
     _, pipeline, temperature = _calibrated(sample_frame, profile)

@@ -31,9 +31,9 @@ def sample() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def guesser(settings):
-    from rakuten_mlops.serving.inference_log import LanguageGuesser
+    from rakuten_mlops.serving.inference_log import language_guesser
 
-    return LanguageGuesser(settings)
+    return language_guesser(settings)
 
 
 def test_text_features_follow_their_python_definitions(sample):
@@ -98,7 +98,7 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
 
 
 def test_stopwords_are_nltks_without_importing_nltk(settings):
-    from rakuten_mlops.ml.text import nltk_stopwords
+    from rakuten_mlops.ml.text import read_stopwords as nltk_stopwords
 
     folder = settings.path(settings.nltk_data_dir)
     for language in ("french", "english", "german"):

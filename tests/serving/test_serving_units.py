@@ -18,16 +18,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
+from rakuten_mlops.ml.calibration import fit_temperature
+from rakuten_mlops.ml.calibration import softmax as _softmax
+from rakuten_mlops.ml.export import write_export
 from rakuten_mlops.serving.auth import KeyRing, MissingKeysError, Role
-from rakuten_mlops.serving.inference_log import COLUMNS, Entry, LanguageGuesser, features
+from rakuten_mlops.serving.inference_log import COLUMNS, Entry, features, language_guesser
 from rakuten_mlops.serving.model import (
     LoadedModel,
     ModelLoadError,
-    _softmax,
     _top_k,
-    find_export,
-    fit_temperature,
-    load_export,
+    load_exported,
 )
 from rakuten_mlops.serving.schemas import request_models
 from rakuten_mlops.settings import Mode
@@ -141,12 +141,11 @@ def test_fit_temperature_recovers_the_true_temperature():
 
 
 def test_a_calibrated_margin_model_scales_its_softmax(tmp_path, settings):
-    import joblib
 
     svc = fitted(LinearSVC())
-    joblib.dump(svc, tmp_path / "svc.joblib")
-    (tmp_path / "meta.json").write_text(json.dumps({"score_temperature": 0.5}))
-    model = load_export(settings.model_copy(update={"models_dir": tmp_path}), None).prepare()
+    local = settings.model_copy(update={"models_dir": tmp_path})
+    write_export(local, svc, {"score_temperature": 0.5})
+    model = load_exported(local, None).prepare()
     assert model.temperature == 0.5
     frame = pd.DataFrame({"designation": ["Jeu PS4 FIFA neuf"]})
     expected = _softmax(svc.decision_function(frame) / 0.5)[0]
@@ -175,44 +174,25 @@ def test_a_model_without_scores_or_classes_is_refused():
 # ------------------------------------------------------------------ export formats
 
 
-def test_export_as_joblib_with_metadata(tmp_path, settings):
-    import joblib
-
-    joblib.dump(fitted(LogisticRegression()), tmp_path / "any-name.joblib")
-    (tmp_path / "meta.json").write_text(
-        json.dumps({"version": "4", "metrics": {"f1": 0.5, "note": "x"}})
-    )
+def test_the_export_written_by_the_promote_stage_is_served(tmp_path, settings):
     local = settings.model_copy(update={"models_dir": tmp_path})
-    model = load_export(local, fallback_reason="MLflow down").prepare()
+    metadata = {"version": "4", "metrics": {"f1": 0.5, "note": "x"}}
+    write_export(local, fitted(LogisticRegression()), metadata)
+    model = load_exported(local, fallback_reason="MLflow down").prepare()
     assert (model.version, model.source, model.metrics) == ("4", "export", {"f1": 0.5})
     assert model.fallback_reason == "MLflow down"
-
-
-def test_export_as_mlflow_model_saved_with_skops(tmp_path, settings):
-    """MLflow 3's default sklearn format (skops) loads, given its trusted types."""
-    import mlflow.sklearn
-
-    mlflow.sklearn.save_model(
-        fitted(LogisticRegression()),
-        tmp_path / "champion",
-        pip_requirements=[],
-        skops_trusted_types=["rakuten_mlops.ml.text.TextCleaner", "builtins.frozenset"],
-    )
-    local = settings.model_copy(update={"models_dir": tmp_path})
-    path, metadata = find_export(local)
-    assert path == tmp_path / "champion" and metadata == {}
-    model = load_export(local, fallback_reason=None).prepare()
     assert model.predict(["Piscine"], [None], 1).top[0][0][0] == 2583
 
 
-def test_no_or_ambiguous_export_is_explained(tmp_path, settings):
+def test_a_missing_or_broken_export_is_explained(tmp_path, settings):
     local = settings.model_copy(update={"models_dir": tmp_path / "missing"})
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        find_export(local)
-    (tmp_path / "a.pkl").write_bytes(b"")
-    (tmp_path / "b.joblib").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="found 2"):
-        find_export(settings.model_copy(update={"models_dir": tmp_path}))
+    with pytest.raises(ModelLoadError, match="no exported model: .* does not exist"):
+        load_exported(local, None)
+    local = settings.model_copy(update={"models_dir": tmp_path})
+    model_file = write_export(local, fitted(LogisticRegression()), {"version": "1"})
+    model_file.unlink()
+    with pytest.raises(ModelLoadError, match=f"names {model_file}, which does not exist"):
+        load_exported(local, None)
 
 
 # ------------------------------------------------------------------ inference log rows
@@ -220,7 +200,7 @@ def test_no_or_ambiguous_export_is_explained(tmp_path, settings):
 
 @pytest.fixture(scope="module")
 def guesser(settings):
-    return LanguageGuesser(settings)
+    return language_guesser(settings)
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 # The catalogue is mostly French, with German and English products.
-DEFAULT_LANGUAGES = ("french", "german", "english")
+DEFAULT_LANGUAGES = ("french", "english", "german")
 TEXT_COLUMNS = ("designation", "description")
 
 _TAG = re.compile(r"<[^>]*>")

@@ -1,0 +1,247 @@
+"""The promotion gate decides on paired-bootstrap intervals, as its policy says.
+
+The cases are real models trained on the shipped sample and scored on its test rows:
+a word+char TF-IDF LinearSVC ("good", C=1), the same with C=0.5 (within noise of it),
+a five-tree forest on 200 word features ("weak"), and the plain baseline. The pure
+decision is checked on their evaluations; then the promote stage runs end to end against
+the real MLflow and PostgreSQL and every decision is found there with its interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import pytest
+
+from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate_pipeline, f1_gain
+from rakuten_mlops.ml.profile import PromotionPolicy, load_profile
+from rakuten_mlops.ml.promotion import (
+    CLEARLY_BETTER,
+    CLEARLY_WORSE,
+    FIRST,
+    WITHIN_NOISE,
+    WORSE_THAN_BASELINE,
+    compare,
+)
+from rakuten_mlops.ml.train import family_pipeline, split_xy
+
+TRAIN_SUBSETS = ["train", "validation"]
+GOOD = {
+    "name": "gate-good",
+    "cv_folds": 2,
+    "train_subsets": TRAIN_SUBSETS,
+    "calibration": "out_of_fold",
+    "features": {"word": {"ngram_range": [1, 2]}, "char": {"ngram_range": [2, 4], "min_df": 2}},
+    "families": {"linear_svc": {"grid": {"C": [1.0]}}},
+}
+WEAK = {
+    "name": "gate-weak",
+    "cv_folds": 2,
+    "train_subsets": TRAIN_SUBSETS,
+    "calibration": "out_of_fold",
+    "features": {"word": {"ngram_range": [1, 1]}, "char": None},
+    "families": {
+        "random_forest": {
+            "select_k": 200,
+            "fixed": {"n_estimators": 5, "max_depth": 4},
+            "grid": {"min_samples_leaf": [1]},
+        }
+    },
+}
+KEEP = PromotionPolicy()  # the default: within noise, the champion stays
+PROMOTE = PromotionPolicy(within_noise="promote")
+
+
+def _fitted_evaluation(frame, profile: dict, params: dict | None = None):
+    profile = load_profile(profile)
+    family = next(iter(profile["families"]))
+    pipeline = family_pipeline(family, profile, params)
+    X, y = split_xy(frame[frame["subset"].isin(profile["train_subsets"])])  # noqa: N806
+    return evaluate_pipeline(pipeline.fit(X, y), frame)
+
+
+@pytest.fixture(scope="module")
+def scored(sample_frame):
+    """Evaluations of the real models on the sample's test rows."""
+    return {
+        "good": _fitted_evaluation(sample_frame, GOOD, {"C": 1.0}),
+        "good_c05": _fitted_evaluation(sample_frame, GOOD, {"C": 0.5}),
+        "weak": _fitted_evaluation(sample_frame, WEAK),
+        "baseline": baseline_evaluation(sample_frame, TRAIN_SUBSETS),
+    }
+
+
+def test_the_default_policy_keeps_the_champion_within_noise():
+    assert KEEP.within_noise == "keep" and KEEP.confidence == 0.95 and KEEP.resamples == 1000
+
+
+def test_clearly_better_is_promoted(scored):
+    decision = compare(scored["good"], scored["weak"], scored["baseline"], KEEP)
+    assert (decision.promote, decision.outcome) == (True, CLEARLY_BETTER)
+    assert decision.vs_champion.low > 0
+    assert decision.vs_champion == f1_gain(scored["good"], scored["weak"])
+    assert str(decision.vs_champion) in decision.reason
+
+
+def test_clearly_worse_keeps_the_champion(scored):
+    decision = compare(scored["weak"], scored["good"], None, PROMOTE)
+    assert (decision.promote, decision.outcome) == (False, CLEARLY_WORSE)
+    assert decision.vs_champion.high < 0
+
+
+def test_within_noise_gets_the_configured_outcome(scored):
+    candidate, champion = scored["good"], scored["good_c05"]
+    gain = f1_gain(candidate, champion)
+    # The case is what it claims: better on the point estimate, but not beyond noise.
+    assert gain.f1_weighted > 0 and gain.low <= 0 <= gain.high
+    kept = compare(candidate, champion, scored["baseline"], KEEP)
+    promoted = compare(candidate, champion, scored["baseline"], PROMOTE)
+    assert (kept.promote, kept.outcome) == (False, WITHIN_NOISE)
+    assert (promoted.promote, promoted.outcome) == (True, WITHIN_NOISE)
+    assert "within_noise=keep" in kept.reason and "within_noise=promote" in promoted.reason
+    assert kept.numbers() == promoted.numbers()
+
+
+def test_worse_than_the_baseline_is_never_promoted_not_even_first(scored):
+    first = compare(scored["weak"], None, scored["baseline"], PROMOTE)
+    assert (first.promote, first.outcome) == (False, WORSE_THAN_BASELINE)
+    assert first.vs_baseline.high < 0 and first.vs_champion is None
+    # Even against a champion it beats clearly.
+    worse_champion = scored["weak"]
+    assert compare(scored["weak"], worse_champion, scored["baseline"], PROMOTE).outcome == (
+        WORSE_THAN_BASELINE
+    )
+
+
+def test_a_first_model_not_clearly_worse_than_the_baseline_is_promoted(scored):
+    decision = compare(scored["good"], None, scored["baseline"], KEEP)
+    assert (decision.promote, decision.outcome) == (True, FIRST)
+    assert decision.vs_baseline.low <= 0 <= decision.vs_baseline.high or decision.vs_baseline.clear
+    assert set(decision.numbers()) == {"gain_vs_baseline", "gain_vs_baseline_low",
+                                       "gain_vs_baseline_high"}
+
+
+def test_a_stricter_confidence_widens_the_interval(scored):
+    wide = compare(scored["good"], scored["good_c05"], None, PromotionPolicy(confidence=0.99))
+    narrow = compare(scored["good"], scored["good_c05"], None, KEEP)
+    assert wide.vs_champion.low < narrow.vs_champion.low
+    assert wide.vs_champion.high > narrow.vs_champion.high
+
+
+# ------------------------------------------------------------------ recorded, end to end
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def gate_settings(stack, settings, tmp_path_factory):
+    """A model name and experiment of the test's own, deleted with its records afterwards."""
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.trust import forget
+    from rakuten_mlops.storage import connect
+
+    name = f"test-gate-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path_factory.mktemp("gate")
+    gate = settings.model_copy(
+        update={
+            "model_name": name,
+            "mlflow_experiment": name,
+            "models_dir": folder / "models",
+            "processed_data_dir": folder / "processed",
+        }
+    )
+    yield gate
+    client = registry.client(gate)
+    with contextlib.suppress(Exception):
+        client.delete_registered_model(name)
+    forget(gate, name)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        for run in client.search_runs([experiment.experiment_id]):
+            client.delete_run(run.info.run_id)
+        client.delete_experiment(experiment.experiment_id)
+    with connect(gate) as conn:
+        conn.execute("DELETE FROM model_promotions WHERE model_name = %s", (name,))
+
+
+def _trained_and_evaluated(gate_settings, dataset_id: str, profile: dict) -> str:
+    from rakuten_mlops.ml.stages import run_evaluate, run_train
+
+    run_id = run_train(gate_settings, dataset_id, profile, report=quiet)
+    run_evaluate(gate_settings, run_id, report=quiet)
+    return run_id
+
+
+def _recorded(gate_settings, version: str):
+    from rakuten_mlops.storage import connect
+
+    with connect(gate_settings) as conn:
+        return conn.execute(
+            "SELECT alias, promoted, gate_outcome, gain_vs_champion, gain_vs_champion_low,"
+            " gain_vs_champion_high, gain_vs_baseline, gain_vs_baseline_low,"
+            " gain_vs_baseline_high, reason FROM model_promotions"
+            " WHERE model_name = %s AND version = %s",
+            (gate_settings.model_name, version),
+        ).fetchall()
+
+
+@pytest.mark.stack
+def test_every_decision_is_recorded_with_its_interval(gate_settings, sample_frame, categories):
+    from rakuten_mlops.ml import registry
+    from rakuten_mlops.ml.dataset import save_dataset
+    from rakuten_mlops.ml.stages import promote
+
+    dataset = save_dataset(gate_settings, sample_frame, categories, upload=False)
+    client = registry.client(gate_settings)
+    name = gate_settings.model_name
+
+    # 1. Worse than the baseline, with no champion yet: not promoted.
+    weak_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, WEAK)
+    weak = promote(gate_settings, weak_run, export=False)
+    assert (weak.promoted, weak.alias, weak.gate_outcome) == (
+        False, "challenger", WORSE_THAN_BASELINE)
+    assert registry.champion(gate_settings) is None
+    run = client.get_run(weak_run)
+    assert run.data.tags["gate_outcome"] == WORSE_THAN_BASELINE
+    assert run.data.metrics["gate_gain_vs_baseline_high"] == pytest.approx(
+        weak.gain_vs_baseline_high) and weak.gain_vs_baseline_high < 0
+    ((alias, promoted, outcome, *numbers, reason),) = _recorded(gate_settings, weak.version)
+    assert (alias, promoted, outcome) == ("challenger", False, WORSE_THAN_BASELINE)
+    assert numbers[:3] == [None, None, None]  # no champion to compare with
+    assert numbers[3:] == pytest.approx(
+        [weak.gain_vs_baseline, weak.gain_vs_baseline_low, weak.gain_vs_baseline_high])
+    assert reason == weak.reason
+
+    # 2. A good model is the first champion.
+    good_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, GOOD)
+    good = promote(gate_settings, good_run, export=False)
+    assert (good.promoted, good.alias, good.gate_outcome) == (True, "champion", FIRST)
+    assert registry.champion(gate_settings).version == good.version
+
+    # 3. The same model trained again: a gain of exactly zero is noise; default keep.
+    again_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, GOOD)
+    again = promote(gate_settings, again_run, export=False)
+    assert (again.promoted, again.alias, again.gate_outcome) == (
+        False, "challenger", WITHIN_NOISE)
+    assert (again.gain_vs_champion, again.gain_vs_champion_low,
+            again.gain_vs_champion_high) == (0.0, 0.0, 0.0)
+    run = client.get_run(again_run)
+    assert run.data.tags["promotion_decision"] == "challenger"
+    assert run.data.metrics["gate_gain_vs_champion_low"] == 0.0
+    ((alias, promoted, outcome, *numbers, _),) = _recorded(gate_settings, again.version)
+    assert (alias, promoted, outcome, numbers[:3]) == (
+        "challenger", False, WITHIN_NOISE, [0.0, 0.0, 0.0])
+
+    # 4. With `within_noise: promote` in its profile, the same evidence promotes.
+    eager_run = _trained_and_evaluated(
+        gate_settings, dataset.dataset_id, {**GOOD, "promotion": {"within_noise": "promote"}})
+    eager = promote(gate_settings, eager_run, export=False)
+    assert (eager.promoted, eager.alias, eager.gate_outcome) == (True, "champion", WITHIN_NOISE)
+    assert registry.champion(gate_settings).version == eager.version
+    assert client.get_run(eager_run).data.tags["gate_outcome"] == WITHIN_NOISE
+    assert [row[:3] for row in _recorded(gate_settings, eager.version)] == [
+        ("champion", True, WITHIN_NOISE)]
+    assert len(client.search_model_versions(f"name='{name}'")) == 4

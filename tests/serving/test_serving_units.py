@@ -22,11 +22,11 @@ from rakuten_mlops.ml.calibration import fit_temperature
 from rakuten_mlops.ml.calibration import softmax as _softmax
 from rakuten_mlops.ml.export import write_export
 from rakuten_mlops.serving.auth import KeyRing, MissingKeysError, Role
+from rakuten_mlops.serving.fastpath import top_k
 from rakuten_mlops.serving.inference_log import COLUMNS, Entry, features, language_guesser
 from rakuten_mlops.serving.model import (
     LoadedModel,
     ModelLoadError,
-    _top_k,
     load_exported,
 )
 from rakuten_mlops.serving.schemas import request_models
@@ -73,10 +73,10 @@ def test_softmax_exact_values():
 
 def test_top_k_orders_clips_and_bounds():
     scores = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 1.0000000002]])
-    top = _top_k(scores, (10, 40, 2583), 2)
+    top = top_k(scores, (10, 40, 2583), 2)
     assert top == [[(40, 0.6), (2583, 0.3)], [(2583, 1.0), (10, 0.5)]]
-    assert len(_top_k(scores, (10, 40, 2583), 27)[0]) == 3
-    ties = _top_k(np.array([[0.5, 0.5]]), (7, 3), 2)
+    assert len(top_k(scores, (10, 40, 2583), 27)[0]) == 3
+    ties = top_k(np.array([[0.5, 0.5]]), (7, 3), 2)
     assert [code for code, _ in ties[0]] == [7, 3]  # stable: class order on ties
 
 
@@ -109,7 +109,7 @@ def test_the_project_pipeline_is_served_by_its_own_steps_without_the_machinery()
     from sklearn.feature_extraction.text import TfidfVectorizer as Tfidf
 
     from rakuten_mlops.ml.train import split_xy
-    from rakuten_mlops.serving.model import DirectSteps
+    from rakuten_mlops.serving.fastpath import DirectSteps
 
     sample = pd.read_csv(SAMPLE_DATA / "X_train_update.csv", index_col=0).head(300)
     labels = pd.read_csv(SAMPLE_DATA / "Y_train_CVw08PX.csv", index_col=0)["prdtypecode"]

@@ -14,12 +14,17 @@ downloaded and changes with any byte, name, addition or removal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+
+from rakuten_mlops import schema
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
 
 # Written by MLflow into a downloaded models:/ folder on the client side (name and
 # version), not part of what was stored.
@@ -82,9 +87,6 @@ def record(
     settings: Settings, name: str, version: str, run_id: str, digest: Digest, reason: str = ""
 ) -> None:
     """Record (or re-record) `digest` as the trusted content of `name` `version`."""
-    from rakuten_mlops import schema
-    from rakuten_mlops.storage import connect
-
     with connect(settings) as conn:
         schema.migrate(conn)
         conn.execute(
@@ -115,10 +117,6 @@ def recorded_sha256(settings: Settings, name: str, version: str) -> str | None:
     Raises psycopg.OperationalError when PostgreSQL cannot be reached: "cannot verify"
     is not "not trusted".
     """
-    import psycopg
-
-    from rakuten_mlops.storage import connect
-
     with connect(settings, connect_timeout=3) as conn:
         try:
             row = conn.execute(
@@ -132,12 +130,6 @@ def recorded_sha256(settings: Settings, name: str, version: str) -> str | None:
 
 def forget(settings: Settings, name: str) -> None:
     """Drop the records of every version of `name` (when the model itself is deleted)."""
-    import contextlib
-
-    import psycopg
-
-    from rakuten_mlops.storage import connect
-
     # No table: nothing was ever promoted into this database.
     with connect(settings) as conn, contextlib.suppress(psycopg.errors.UndefinedTable):
         conn.execute("DELETE FROM trusted_models WHERE model_name = %s", (name,))

@@ -15,7 +15,12 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from rakuten_mlops.serving.model import LoadedModel, ModelLoadError, ModelManager
+from rakuten_mlops.serving.model import (
+    LoadedModel,
+    ModelLoadError,
+    ModelManager,
+    configure_mlflow_client,
+)
 from rakuten_mlops.settings import Settings
 
 log = logging.getLogger("rakuten_mlops.serving.batch")
@@ -33,8 +38,6 @@ ON CONFLICT (productid, model_name, model_version) DO UPDATE SET
 
 def champion(settings: Settings) -> LoadedModel:
     """The model the API would serve now (registry champion, else the export)."""
-    from rakuten_mlops.serving.model import configure_mlflow_client
-
     configure_mlflow_client(settings)
     manager = ModelManager(settings)
     manager.refresh()

@@ -13,6 +13,7 @@ import time
 import httpx
 
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
 
 READY_TIMEOUT = 30.0
 
@@ -24,8 +25,6 @@ class DemoError(RuntimeError):
 def sample_products(settings: Settings, count: int) -> list[dict]:
     """A few real products: from the lake if it holds some, else from raw_data/."""
     try:
-        from rakuten_mlops.storage import connect
-
         with connect(settings, connect_timeout=3) as conn:
             rows = conn.execute(
                 "SELECT designation, description FROM products"

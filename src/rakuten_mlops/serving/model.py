@@ -15,7 +15,6 @@ The fallback reads the export through rakuten_mlops.ml.export, its one reader.
 
 from __future__ import annotations
 
-import csv
 import logging
 import tempfile
 import threading
@@ -35,12 +34,21 @@ from rakuten_mlops.ml import trust as model_trust
 from rakuten_mlops.ml.calibration import softmax, temperature_of
 from rakuten_mlops.ml.export import read_export
 from rakuten_mlops.ml.registry import NO_SUCH_MODEL_CODES
+from rakuten_mlops.serving.categories import load_category_names
+from rakuten_mlops.serving.fastpath import (
+    PROBE,
+    DirectSteps,
+    contiguous_coefficients,
+    same_features,
+    split_pipeline,
+    top_k,
+)
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
 
 log = logging.getLogger("rakuten_mlops.serving.model")
 
 Source = Literal["registry", "export"]
-PROBE = {"designation": "Peluche Donald - Disneyland (Marionnette A Doigt)", "description": None}
 REGISTRY_PROBE_TIMEOUT = 3.0
 
 
@@ -92,8 +100,8 @@ class LoadedModel:
 
     def prepare(self) -> LoadedModel:
         """Probe the input contract, split the pipeline and warm it up; a new instance."""
-        preprocess, final = _split_pipeline(self.estimator)
-        _contiguous_coefficients(final)
+        preprocess, final = split_pipeline(self.estimator)
+        contiguous_coefficients(final)
         if hasattr(final, "predict_proba"):
             score = "predict_proba"
         elif hasattr(final, "decision_function"):
@@ -112,7 +120,7 @@ class LoadedModel:
             codes = tuple(int(code) for code in classes)
         except (TypeError, ValueError) as exc:
             raise ModelLoadError(f"classes_ are not prdtypecodes: {list(classes)[:5]}") from exc
-        if isinstance(preprocess, DirectSteps) and not _same_features(
+        if isinstance(preprocess, DirectSteps) and not same_features(
             preprocess, self.estimator[:-1]
         ):
             preprocess = self.estimator[:-1]
@@ -176,147 +184,13 @@ class LoadedModel:
                 f"{len(designations)} products and {len(self.classes)} classes"
             )
         return Prediction(
-            top=_top_k(scores, self.classes, k),
+            top=top_k(scores, self.classes, k),
             preprocess_seconds=prepared - started,
             inference_seconds=finished - prepared,
         )
 
     def category(self, code: int) -> str | None:
         return self.categories.get(code)
-
-
-def _split_pipeline(estimator) -> tuple[Any, Any]:
-    """(every step but the last, the last step) for a Pipeline; (None, model) otherwise.
-
-    The preprocessing part is served by `DirectSteps` when it can be: the same fitted
-    transformers, called without the Pipeline and ColumnTransformer machinery.
-    """
-    from sklearn.pipeline import Pipeline
-
-    if isinstance(estimator, Pipeline) and len(estimator.steps) > 1:
-        preprocess = estimator[:-1]
-        return DirectSteps.wrap(preprocess) or preprocess, estimator.steps[-1][1]
-    return None, estimator
-
-
-class DirectSteps:
-    """A fitted preprocessing Pipeline, applied step by step on one request's rows.
-
-    For one product, scikit-learn's per-call bookkeeping (parameter and input validation,
-    dataframe detection, one joblib dispatch per ColumnTransformer part) costs more
-    than the features themselves: about 3.5 of the 5 ms a word+char TF-IDF pipeline
-    takes. The fitted transformers are the pipeline's own; a ColumnTransformer whose
-    parts each read one named column is applied as the sparse hstack of its parts,
-    which is what it computes. `prepare` checks both give the same matrix before use.
-    """
-
-    def __init__(self, steps: list[Any]):
-        self.steps = steps
-
-    @classmethod
-    def wrap(cls, pipeline) -> DirectSteps | None:
-        from sklearn.compose import ColumnTransformer
-
-        steps: list[Any] = []
-        for _, step in pipeline.steps:
-            if step in (None, "passthrough"):
-                continue
-            if isinstance(step, ColumnTransformer):
-                parts = [
-                    (transformer, column)
-                    for _, transformer, column in step.transformers_
-                    if transformer != "drop"
-                ]
-                if step.remainder != "drop" or not all(
-                    isinstance(column, str) and hasattr(transformer, "transform")
-                    for transformer, column in parts
-                ):
-                    return None
-                steps.append(("columns", parts))
-            else:
-                steps.append(("step", step))
-        return cls(steps)
-
-    def transform(self, X):  # noqa: N803 - scikit-learn's naming
-        import scipy.sparse as sp
-
-        for kind, step in self.steps:
-            if kind == "columns":
-                X = sp.hstack(  # noqa: N806
-                    [transformer.transform(X[column]) for transformer, column in step],
-                    format="csr",
-                )
-            else:
-                X = step.transform(X)  # noqa: N806
-        return X
-
-
-def _same_features(direct: DirectSteps, pipeline) -> bool:
-    """Whether the direct path computes the pipeline's features on probe products."""
-    import pandas as pd
-
-    probe = pd.DataFrame(
-        {
-            "designation": [PROBE["designation"], "Console PS4 Pro 1 To"],
-            "description": [PROBE["description"], "<p>Livr&eacute;e avec 2 manettes</p>"],
-        },
-        dtype=object,
-    )
-    try:
-        ours, theirs = direct.transform(probe), pipeline.transform(probe)
-    except Exception:  # noqa: BLE001 - a structure the direct path does not handle
-        return False
-    if hasattr(theirs, "toarray"):
-        theirs = theirs.toarray()
-    if hasattr(ours, "toarray"):
-        ours = ours.toarray()
-    return ours.shape == theirs.shape and np.allclose(ours, theirs)
-
-
-def _contiguous_coefficients(estimator) -> None:
-    """Store a linear model's coef_ in Fortran order (same values, other memory layout).
-
-    Linear models score with `X @ coef_.T`; with X sparse (TF-IDF), scipy needs coef_.T
-    C-contiguous and otherwise copies the whole matrix on every call: 27 x 100k floats,
-    about 3 ms per prediction, more than everything else together.
-    """
-    coef = getattr(estimator, "coef_", None)
-    if isinstance(coef, np.ndarray) and coef.ndim == 2 and not coef.T.flags.c_contiguous:
-        estimator.coef_ = np.asfortranarray(coef)
-
-
-def _top_k(scores: np.ndarray, classes: tuple[int, ...], k: int) -> list[list[tuple[int, float]]]:
-    k = min(k, scores.shape[1])
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    picked = np.clip(np.take_along_axis(scores, order, axis=1), 0.0, 1.0)
-    return [
-        [(classes[index], float(prob)) for index, prob in zip(row, probs, strict=True)]
-        for row, probs in zip(order.tolist(), picked.tolist(), strict=True)
-    ]
-
-
-# ------------------------------------------------------------------------- categories
-
-
-def load_category_names(settings: Settings) -> tuple[dict[int, str], str]:
-    """prdtypecode -> name: the lake's `categories` table, else raw_data/category_names.csv."""
-    try:
-        from rakuten_mlops.storage import connect
-
-        with connect(settings, connect_timeout=3) as conn:
-            rows = conn.execute("SELECT prdtypecode, name FROM categories").fetchall()
-        if rows:
-            return {int(code): name for code, name in rows}, "lake"
-    except Exception as exc:  # noqa: BLE001 - the lake is optional here
-        log.info("category names not read from the lake (%s)", type(exc).__name__)
-    path = settings.path(settings.raw_data_dir) / "category_names.csv"
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            names = {int(row["prdtypecode"]): row["category"] for row in csv.DictReader(handle)}
-        return names, str(path)
-    except (OSError, KeyError, ValueError) as exc:
-        log.warning("no category names (lake empty or unreachable, %s unreadable: %s)", path, exc)
-        return {}, "none"
 
 
 # ------------------------------------------------------------------------- registry
@@ -364,8 +238,6 @@ def champion_version(settings: Settings):
 def database_problem(settings: Settings) -> str | None:
     """None when PostgreSQL answers, else why not (MLflow's store and the lake share it)."""
     import psycopg
-
-    from rakuten_mlops.storage import connect
 
     try:
         with connect(settings, connect_timeout=2) as conn:

@@ -4,7 +4,8 @@ The cases are real models trained on the shipped sample and scored on its test r
 a word+char TF-IDF LinearSVC ("good", C=1), the same with C=0.5 (within noise of it),
 a five-tree forest on 200 word features ("weak"), and the plain baseline. The pure
 decision is checked on their evaluations; then the promote stage runs end to end against
-the real MLflow and PostgreSQL and every decision is found there with its interval.
+the real MLflow and PostgreSQL (a model worse than the baseline, then a first champion)
+and each decision is found there with its interval.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def _recorded(gate_settings, version: str):
 
 
 @pytest.mark.stack
-def test_every_decision_is_recorded_with_its_interval(gate_settings, sample_frame, categories):
+def test_decisions_are_recorded_with_their_intervals(gate_settings, sample_frame, categories):
     from rakuten_mlops.ml import registry
     from rakuten_mlops.ml.dataset import save_dataset
     from rakuten_mlops.ml.stages import promote
@@ -221,27 +222,10 @@ def test_every_decision_is_recorded_with_its_interval(gate_settings, sample_fram
     assert (good.promoted, good.alias, good.gate_outcome) == (True, "champion", FIRST)
     assert registry.champion(gate_settings).version == good.version
 
-    # 3. The same model trained again: a gain of exactly zero is noise; default keep.
-    again_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, GOOD)
-    again = promote(gate_settings, again_run, export=False)
-    assert (again.promoted, again.alias, again.gate_outcome) == (
-        False, "challenger", WITHIN_NOISE)
-    assert (again.gain_vs_champion, again.gain_vs_champion_low,
-            again.gain_vs_champion_high) == (0.0, 0.0, 0.0)
-    run = client.get_run(again_run)
-    assert run.data.tags["promotion_decision"] == "challenger"
-    assert run.data.metrics["gate_gain_vs_champion_low"] == 0.0
-    ((alias, promoted, outcome, *numbers, _),) = _recorded(gate_settings, again.version)
-    assert (alias, promoted, outcome, numbers[:3]) == (
-        "challenger", False, WITHIN_NOISE, [0.0, 0.0, 0.0])
-
-    # 4. With `within_noise: promote` in its profile, the same evidence promotes.
-    eager_run = _trained_and_evaluated(
-        gate_settings, dataset.dataset_id, {**GOOD, "promotion": {"within_noise": "promote"}})
-    eager = promote(gate_settings, eager_run, export=False)
-    assert (eager.promoted, eager.alias, eager.gate_outcome) == (True, "champion", WITHIN_NOISE)
-    assert registry.champion(gate_settings).version == eager.version
-    assert client.get_run(eager_run).data.tags["gate_outcome"] == WITHIN_NOISE
-    assert [row[:3] for row in _recorded(gate_settings, eager.version)] == [
-        ("champion", True, WITHIN_NOISE)]
-    assert len(client.search_model_versions(f"name='{name}'")) == 4
+    assert len(client.search_model_versions(f"name='{name}'")) == 2
+    ((alias, promoted, outcome, *numbers, _),) = _recorded(gate_settings, good.version)
+    assert (alias, promoted, outcome) == ("champion", True, FIRST)
+    assert numbers[:3] == [None, None, None]
+    assert numbers[3:] == pytest.approx(
+        [good.gain_vs_baseline, good.gain_vs_baseline_low, good.gain_vs_baseline_high])
+    assert good.gain_vs_baseline_high >= 0  # not clearly worse than the baseline

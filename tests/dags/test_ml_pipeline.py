@@ -129,14 +129,17 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_
     )
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-5000:]
-    assert "promotion: challenger: test weighted F1" in log
+    assert "promotion: challenger: clearly worse than the plain baseline" in log
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert challenger.version == "2"
     worse_run = client.get_run(challenger.run_id)
     assert worse_run.data.tags["profile"] == "worse"
     assert worse_run.data.metrics["test_f1_weighted"] < run.data.metrics["test_f1_weighted"]
-    assert "does not beat champion v1" in worse_run.data.tags["promotion_reason"]
+    # The gate's evidence: worse than the baseline beyond noise, and worse than v1.
+    assert worse_run.data.tags["gate_outcome"] == "worse_than_baseline"
+    assert worse_run.data.metrics["gate_gain_vs_baseline_high"] < 0
+    assert worse_run.data.metrics["gate_gain_vs_champion_high"] < 0
     # The export still describes the champion.
     assert json.loads((lake.settings.models_dir / f"{name}.json").read_text())["version"] == "1"
 

@@ -2,7 +2,7 @@
 
 Models are pickles, so loading one runs code. Whoever can move the `champion` alias or
 rewrite an artifact in storage must not be able to choose what the API runs. The
-promotion step (rakuten_mlops.ml.registry.promote) hashes the version's artifacts and
+promotion step (rakuten_mlops.ml.stages.promote) hashes the version's artifacts and
 records the digest in PostgreSQL (`trusted_models`) *before* it moves the alias; the API
 downloads a champion, hashes what it downloaded, and unpickles it only when the digest
 is the one recorded for that version.

@@ -205,10 +205,11 @@ def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset
     assert promotion.champion_version == first_promotion.version
     assert promotion.champion_f1_weighted == pytest.approx(first_promotion.test_f1_weighted)
     assert promotion.test_f1_weighted < promotion.champion_f1_weighted
-    # The gate: clearly worse than the champion on the same test rows, with its interval.
-    assert promotion.gate_outcome == "clearly_worse"
-    assert promotion.gain_vs_champion_high < 0
-    assert "clearly worse than the champion" in promotion.reason
+    # The gate: worse than the plain baseline beyond noise (checked first: such a model is
+    # never promoted), and worse than the champion on the same test rows too.
+    assert promotion.gate_outcome == "worse_than_baseline"
+    assert promotion.gain_vs_baseline_high < 0 and promotion.gain_vs_champion_high < 0
+    assert "clearly worse than the plain baseline" in promotion.reason
     assert promotion.comparison == (
         f"champion v{first_promotion.version} scored on this run's test split"
     )

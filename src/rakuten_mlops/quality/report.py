@@ -10,10 +10,8 @@ import math
 import re
 from datetime import UTC, datetime
 from html import escape
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from rakuten_mlops.monitoring import ResultRow, WindowResult
+from rakuten_mlops.quality.results import ResultRow, WindowResult
 
 DRIFT_METRICS = ("psi", "js_distance", "kl_divergence")
 STYLE = """
@@ -245,7 +243,7 @@ def render_html(result: WindowResult) -> str:
 <h2>Drift against the reference</h2>
 <p class="small">PSI and KL divergence (natural log, empty bins smoothed to epsilon),
 Jensen-Shannon distance (base 2); numeric features binned at the reference's quantiles
-(definitions: rakuten_mlops/drift.py, thresholds: config/quality.yaml). A statistic flags
+(definitions: rakuten_mlops/quality/drift.py, thresholds: config/quality.yaml). A statistic flags
 drift only when the window is large enough to tell: enough rows, and its expected value
 without drift well below the threshold.</p>
 {_drift_table(result.rows)}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the data-quality job (rakuten_mlops.monitoring) at the scale of issue 6.
+"""Benchmark of the data-quality job (rakuten_mlops.quality.job) at the scale of issue 6.
 
 Input: ../shared/data/translated (57,375 labelled products) is the **reference**: a
 dataset snapshot (processed_data layout, content-hashed like `preprocess`) named as the
@@ -12,7 +12,7 @@ both removed at the end.
 Measured, each in a fresh process (the job's imports done before the clock starts and
 reported apart; peak RSS of that process, and its growth over the post-import RSS):
 
-* job, cold: `monitoring.check_window` on the batch, the whole job as the DAG task runs
+* job, cold: `quality.job.check_window` on the batch, the whole job as the DAG task runs
   it: the reference profile computed and cached in S3, the window read from PostgreSQL,
   features, every statistic, the HTML report rendered and stored in S3, results upserted;
 * job, warm: the same with the reference profile read back from the S3 cache (what a
@@ -188,7 +188,7 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
     from scipy.stats import entropy
     from scipy.stats.contingency import association
 
-    from rakuten_mlops.quality_features import TEXT_NUMERIC
+    from rakuten_mlops.quality.features import TEXT_NUMERIC
 
     html = re.compile(r"<[a-zA-Z/!][^>]*>|&(?:[a-zA-Z]{2,8}|#\d{2,5}|#x[0-9a-fA-F]{2,4});")
     markup = re.compile(r"<[^>]*>|&#?[0-9a-zA-Z]+;")
@@ -224,7 +224,7 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
 
     ref, ref_tokens = features(reference)
     cur, cur_tokens = features(window)
-    eps, drifted, statistics = config.epsilon, set(), 0
+    eps, drifted, statistics = config.drift.epsilon, set(), 0
 
     def compare(name, p_counts, q_counts):
         nonlocal statistics
@@ -237,11 +237,11 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
             "js_distance": float(jensenshannon(p, q, base=2)),
         }
         statistics += 3
-        if any(values[m] >= t for m, t in config.thresholds.items()):
+        if any(values[m] >= t for m, t in config.drift.threshold_map.items()):
             drifted.add(name)
 
     for name in TEXT_NUMERIC:
-        edges = np.unique(np.quantile(ref[name], np.linspace(0, 1, config.bins + 1)[1:-1]))
+        edges = np.unique(np.quantile(ref[name], np.linspace(0, 1, config.drift.bins + 1)[1:-1]))
         bins = np.r_[-np.inf, edges, np.inf]
         compare(
             name,
@@ -255,7 +255,7 @@ def naive_compute(reference, window, guess, stopwords, config) -> tuple[set[str]
     ):
         both = pd.concat([left.value_counts(), right.value_counts()], axis=1).fillna(0)
         compare(name, both.iloc[:, 0].to_numpy(float), both.iloc[:, 1].to_numpy(float))
-    top = [t for t, _ in ref_tokens.most_common(config.top_tokens)]
+    top = [t for t, _ in ref_tokens.most_common(config.drift.top_tokens)]
     ref_top, cur_top = [ref_tokens[t] for t in top], [cur_tokens[t] for t in top]
     compare(
         "text_tokens",
@@ -282,13 +282,18 @@ def child(kind: str) -> dict:
     """One measurement, in this (fresh) process; returns its figures."""
     import psutil
 
-    from rakuten_mlops import monitoring
-    from rakuten_mlops.quality_features import product_profile
+    from rakuten_mlops.quality.config import settings_config
+    from rakuten_mlops.quality.features import product_profile
+    from rakuten_mlops.quality.job import check_window
+    from rakuten_mlops.quality.resources import QualityResources
+    from rakuten_mlops.quality.results import Reference
+    from rakuten_mlops.quality.statistics import evaluate
+    from rakuten_mlops.quality.windows import batch_window, query_frame
     from rakuten_mlops.settings import get_settings
 
     settings = get_settings()
-    config = monitoring.settings_config(settings)
-    reference_ref = monitoring.Reference(
+    config = settings_config(settings)
+    reference_ref = Reference(
         "champion", f"dataset-{DATASET_ID}-train", "bench: the translated set", "1", DATASET_ID
     )
     imports = warm_imports()
@@ -298,7 +303,7 @@ def child(kind: str) -> dict:
 
         reference = load_dataset(settings, DATASET_ID).frame
         with connect(settings) as conn:
-            window = monitoring._frame(
+            window = query_frame(
                 conn,
                 "SELECT p.productid, p.designation, p.description,"
                 " l.prdtypecode FROM products p JOIN labels l"
@@ -308,26 +313,26 @@ def child(kind: str) -> dict:
     rss_before = psutil.Process().memory_info().rss
     started = time.perf_counter()
     if kind in ("cold", "warm"):
-        tools = monitoring._Tools(settings)
-        with monitoring_connect(settings) as conn:
-            window_spec = monitoring.batch_window(conn, 1)
-        result = monitoring.check_window(
+        tools = QualityResources(settings)
+        with lake_connect(settings) as conn:
+            window_spec = batch_window(conn, 1)
+        result = check_window(
             settings, window_spec, reference_ref, config, "bench", tools
         )
         drifted = {r.feature for r in result.rows if r.category == "drift" and r.breach}
         statistics = len(result.rows)
         stages = result.timings
     elif kind == "compute":
-        tools = monitoring._Tools(settings)
+        tools = QualityResources(settings)
         ref_profile = product_profile(reference, None, tools.guesser, tools.stopwords)
         cur_profile = product_profile(
             window, None, tools.guesser, tools.stopwords, keep_tokens=None
         )
-        rows = monitoring.evaluate(ref_profile, cur_profile, config)
+        rows = evaluate(ref_profile, cur_profile, config)
         drifted = {r.feature for r in rows if r.category == "drift" and r.breach}
         statistics = len(rows)
     else:
-        tools = monitoring._Tools(settings)
+        tools = QualityResources(settings)
         drifted, statistics = naive_compute(
             reference, window, tools.guesser.guess, tools.stopwords, config
         )
@@ -362,8 +367,7 @@ def warm_imports() -> float:
         "pyarrow.compute",
         "pyarrow.parquet",
         "rakuten_mlops.ml.dataset",
-        "rakuten_mlops.quality_report",
-        "rakuten_mlops.schema",
+        "rakuten_mlops.quality.job",
         "rakuten_mlops.serving.inference_log",
         "scipy.spatial.distance",
         "scipy.stats",
@@ -373,7 +377,7 @@ def warm_imports() -> float:
     return time.perf_counter() - started
 
 
-def monitoring_connect(settings):
+def lake_connect(settings):
     from rakuten_mlops.storage import connect
 
     return connect(settings)

@@ -62,7 +62,7 @@ def data_quality():
 
     @task
     def reference() -> dict:
-        from rakuten_mlops.monitoring import prepare_reference, resolve_reference
+        from rakuten_mlops.quality.reference import prepare_reference, resolve_reference
         from rakuten_mlops.settings import get_settings
 
         settings = get_settings()
@@ -73,7 +73,7 @@ def data_quality():
 
     @task
     def pending_batches(**context) -> list[int]:
-        from rakuten_mlops.monitoring import pending_batches as pending
+        from rakuten_mlops.quality.windows import pending_batches as pending
         from rakuten_mlops.storage import connect
 
         with connect() as conn:
@@ -83,7 +83,9 @@ def data_quality():
 
     @task
     def check_batch(batch_id: int, reference: dict, **context) -> dict:
-        from rakuten_mlops.monitoring import Reference, batch_window, check_window
+        from rakuten_mlops.quality.job import check_window
+        from rakuten_mlops.quality.results import Reference
+        from rakuten_mlops.quality.windows import batch_window
         from rakuten_mlops.settings import get_settings
         from rakuten_mlops.storage import connect
 
@@ -97,7 +99,9 @@ def data_quality():
 
     @task
     def check_inference(reference: dict, **context) -> dict:
-        from rakuten_mlops.monitoring import Reference, check_window, inference_window
+        from rakuten_mlops.quality.job import check_window
+        from rakuten_mlops.quality.results import Reference
+        from rakuten_mlops.quality.windows import inference_window
         from rakuten_mlops.settings import get_settings
 
         window = inference_window(context["data_interval_start"], context["data_interval_end"])
@@ -110,7 +114,7 @@ def data_quality():
     def summarize(**context) -> list[dict]:
         import logging
 
-        from rakuten_mlops.monitoring import window_summaries
+        from rakuten_mlops.quality.store import window_summaries
         from rakuten_mlops.settings import get_settings
 
         summaries = window_summaries(get_settings(), context["run_id"])
@@ -131,7 +135,7 @@ def data_quality():
 
     @task.short_circuit
     def retrain_wanted(summaries: list[dict]) -> bool:
-        from rakuten_mlops.monitoring import should_retrain
+        from rakuten_mlops.quality.job import should_retrain
         from rakuten_mlops.settings import get_settings
 
         enabled = get_settings().quality_trigger_retrain

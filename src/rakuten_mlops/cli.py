@@ -428,9 +428,12 @@ def data_quality_command(
     """Drift and quality of new load batches and the day's predictions (the data_quality DAG)."""
     from datetime import UTC, datetime
 
-    from rakuten_mlops.monitoring import QualityError, interval_of, run, to_json
+    from rakuten_mlops.quality.errors import QualityError
+    from rakuten_mlops.quality.job import run
+    from rakuten_mlops.quality.results import to_json
+    from rakuten_mlops.quality.windows import interval_of
 
-    with _exits_on("data-quality", ValueError):
+    with _exits_on("data-quality", QualityError):
         start, end = interval_of(date, datetime.now(UTC))
     _log_progress()
     with _exits_on("data-quality", QualityError), _service_down("data-quality"):
@@ -449,7 +452,7 @@ def publish_dashboards_command(
         help="uid of that Grafana's Prometheus datasource.")] = "prometheus",
 ) -> None:
     """Push config/grafana/dashboards/*.json to an existing Grafana (grafana-client)."""
-    from rakuten_mlops.dashboards import PublishError, publish
+    from rakuten_mlops.ops.dashboards import PublishError, publish
 
     with _exits_on("publish-dashboards", PublishError):
         published = publish(get_settings(), url=url, folder=folder,

@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     # an image declaring more pixels is a decompression_bomb reject (Pillow's own limit).
     ingest_max_field_chars: int = Field(50_000, ge=1)
     ingest_max_image_pixels: int = Field(89_478_485, ge=1)
-    # data_quality DAG (rakuten_mlops.monitoring): thresholds file, and whether a breach
+    # data_quality DAG (rakuten_mlops.quality): thresholds file, and whether a breach
     # triggers the ml_pipeline DAG (retraining).
     quality_config: Path = Path("config/quality.yaml")
     quality_trigger_retrain: bool = False

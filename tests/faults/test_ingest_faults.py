@@ -313,7 +313,7 @@ def test_bad_date_values_end_with_one_line_naming_them(lake, value):
 
 
 def test_a_date_with_an_offset_is_honoured():
-    from rakuten_mlops.monitoring import interval_of
+    from rakuten_mlops.quality.windows import interval_of
 
     now = datetime(2025, 3, 1, 12, tzinfo=UTC)
     start, end = interval_of("2025-02-03T00:00+02:00", now)

@@ -10,7 +10,7 @@ distinct from drift_run's, so the two never clear each other).
 3. the prediction API serving it (a real uvicorn process writing this lake's
    inference_log) and a private Prometheus scraping it every second;
 4. real predictions of unshifted products (batch 1's validation and test subsets);
-5. one promotion decision recorded the way registry.promote will record it;
+5. one promotion decision in model_promotions, as the Model dashboard reads it;
 6. `airflow dags test data_quality <tomorrow>`: its data interval is today.
 
 The registered model and its runs are deleted at the end; the lake stays for inspection.
@@ -30,6 +30,7 @@ from qualityhelpers import (
     dags_test,
     ensure_database,
     quality_settings,
+    record_test_promotion,
     reset,
     shifted_sample,
     train_champion,
@@ -107,10 +108,10 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
 
     from serving_support import ApiServer, PrivatePrometheus, wait_for
 
+    from rakuten_mlops import schema
     from rakuten_mlops.ingest import run_ingest
     from rakuten_mlops.localstack.services import prometheus_config
     from rakuten_mlops.ml.dataset import prepare_dataset
-    from rakuten_mlops.monitoring import record_promotion
     from rakuten_mlops.storage import connect
 
     folder = tmp_path_factory.mktemp("drift_run")
@@ -123,6 +124,8 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
         model_name=name,
     )
     reset(lake)
+    with connect(lake) as conn:
+        schema.migrate(conn)  # as stack start-up does: no stage migrates on its own
 
     run_ingest(lake, "quality-batch-1", "0.5", bar=False)
     dataset = prepare_dataset(lake, upload=True)
@@ -160,7 +163,7 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
                 )
 
         wait_for(logged, 30, what="inference log rows written")
-        record_promotion(
+        record_test_promotion(
             lake,
             {
                 "model_name": name,

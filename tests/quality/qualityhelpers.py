@@ -162,6 +162,24 @@ def train_champion(
     return {"name": name, "run_id": run.info.run_id, "client": client}
 
 
+def record_test_promotion(settings, decision: dict) -> None:
+    """One row of model_promotions for the Model dashboard's queries, inserted directly:
+    the quality side no longer writes promotion records (their owner is the ML side's
+    promotion module; TODO(integrator): rakuten_mlops.ml.promotion.record_promotion)."""
+    from psycopg.types.json import Jsonb
+
+    from rakuten_mlops.storage import connect
+
+    columns = ("model_name", "version", "run_id", "alias", "promoted", "test_f1_weighted",
+               "cv_f1_weighted", "best_family", "dataset_id", "reason")
+    with connect(settings) as conn:
+        conn.execute(
+            f"INSERT INTO model_promotions ({', '.join(columns)}, details)"
+            f" VALUES ({', '.join(['%s'] * (len(columns) + 1))})",
+            (*(decision.get(c) for c in columns), Jsonb(decision)),
+        )
+
+
 def dags_test(settings, logical_date: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`airflow dags test data_quality <date>` with local mode's Airflow and these settings."""
     from rakuten_mlops.localstack.services import airflow_env, venv_bin

@@ -15,7 +15,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from rakuten_mlops.dashboards import expand_promql, expand_sql, load_dashboards, panel_queries
+from rakuten_mlops.ops.dashboards import expand_promql, expand_sql, load_dashboards, panel_queries
 
 pytestmark = pytest.mark.stack
 

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from rakuten_mlops.dashboards import (
+from rakuten_mlops.ops.dashboards import (
     PublishError,
     dashboard_files,
     expand_promql,

@@ -1,4 +1,4 @@
-"""rakuten_mlops.drift against hand-computed values and scipy (no services needed)."""
+"""rakuten_mlops.quality.drift against hand-computed values and scipy (no services needed)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import entropy
 
-from rakuten_mlops import drift
-from rakuten_mlops.drift import Histogram, SampleRule
+from rakuten_mlops.quality import drift
+from rakuten_mlops.quality.drift import Histogram, SampleRule
 
 ANY_SIZE = SampleRule(min_current=1, min_reference=1, max_bias_fraction=math.inf)
 

@@ -206,37 +206,45 @@ def test_without_a_champion_the_lake_is_the_reference(drift_run):
     """The fallback, computed without storing (the windows above stay the champion's)."""
     from qualityhelpers import SHIFTED_FEATURES as shifted
 
-    from rakuten_mlops import monitoring
+    from rakuten_mlops.quality.config import settings_config
+    from rakuten_mlops.quality.reference import (
+        reference_profile,
+        resolve_reference,
+        window_reference,
+    )
+    from rakuten_mlops.quality.resources import QualityResources
+    from rakuten_mlops.quality.statistics import evaluate, window_status
+    from rakuten_mlops.quality.windows import batch_profile
     from rakuten_mlops.storage import connect
 
     settings = drift_run.settings.model_copy(update={"model_name": "test-quality-no-such-model"})
-    base = monitoring.resolve_reference(settings)
+    base = resolve_reference(settings)
     assert base.kind == "lake_train" and "no test-quality-no-such-model@champion" in base.note
     with connect(settings) as conn:
-        first = monitoring._window_reference(base, conn, 1)
-        second = monitoring._window_reference(base, conn, 2)
-        inference = monitoring._window_reference(base, conn, None)
+        first = window_reference(base, conn, 1)
+        second = window_reference(base, conn, 2)
+        inference = window_reference(base, conn, None)
     assert first.kind == "none" and first.reference_id is None  # nothing before batch 1
     assert second.reference_id == "lake-train-before-batch-2"
     assert inference.reference_id == "lake-train-upto-batch-2"
-    config = monitoring.settings_config(settings)
-    tools = monitoring._Tools(settings)
+    config = settings_config(settings)
+    tools = QualityResources(settings)
     with connect(settings) as conn:
-        reference = monitoring.reference_profile(settings, conn, second, config, tools)
-        current = monitoring._batch_profile(conn, 2, tools, config)
+        reference = reference_profile(settings, conn, second, config, tools)
+        current = batch_profile(conn, 2, tools, config.images.max_images)
     tools.finish()
     assert reference.rows == 807  # batch 1's train subset, as the champion's dataset
-    rows = monitoring.evaluate(reference, current, config)
+    rows = evaluate(reference, current, config)
     assert {r.feature for r in rows if r.category == "drift" and r.breach} == shifted
-    assert monitoring.window_status(rows, current.rows, second, config) == "breach"
+    assert window_status(rows, current.rows, second, config) == "breach"
 
 
 def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
     """A champion trained on train + validation is compared with both, not train alone."""
     from qualityhelpers import train_champion
 
-    from rakuten_mlops import monitoring
     from rakuten_mlops.ml.dataset import load_dataset
+    from rakuten_mlops.quality.reference import champion_reference, reference_products
     from rakuten_mlops.storage import connect
 
     name = f"test-quality-tv-{uuid.uuid4().hex[:8]}"
@@ -244,11 +252,11 @@ def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
     dataset = load_dataset(settings, drift_run.dataset_id)
     model = train_champion(settings, dataset, name, subsets=("train", "validation"))
     try:
-        reference = monitoring.champion_reference(settings)
+        reference = champion_reference(settings)
         assert reference.subsets == ("train", "validation")
         assert reference.reference_id == f"dataset-{drift_run.dataset_id}-train+validation"
         with connect(settings) as conn:
-            products = monitoring._reference_products(settings, conn, reference)
+            products = reference_products(settings, conn, reference)
         frame = dataset.frame
         trained_on = frame.loc[frame["subset"].isin(["train", "validation"]), "productid"]
         assert sorted(products["productid"]) == sorted(trained_on)

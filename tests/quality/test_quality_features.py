@@ -1,4 +1,4 @@
-"""Features and profiles (rakuten_mlops.quality_features) on the real shipped sample.
+"""Features and profiles (rakuten_mlops.quality.features, .signals) on the real shipped sample.
 
 The reference's features are computed column-wise (pyarrow); the inference log's row by
 row in the API (serving.inference_log.features). Both sides of an inference-window
@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 from qualityhelpers import SAMPLE
 
-from rakuten_mlops import quality_features as qf
+from rakuten_mlops.quality import features as qf
+from rakuten_mlops.quality import signals
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def guesser(settings):
 
 
 def test_text_features_follow_their_python_definitions(sample):
-    features = qf.text_features(sample["designation"], sample["description"])
+    features = signals.text_features(sample["designation"], sample["description"])
     designation = sample["designation"].tolist()
     description = [d or "" for d in sample["description"]]
     text = [f"{a}\n{b}" for a, b in zip(designation, description, strict=True)]
@@ -55,7 +56,7 @@ def test_text_features_follow_their_python_definitions(sample):
 
 def test_word_counts_split_on_pythons_whitespace():
     odd = ["a\u00a0b", "a\x1cb", "a\u2003b", "a\vb", "  lead  trail ", "", "x\u200by"]
-    features = qf.text_features(odd, [None] * len(odd))
+    features = signals.text_features(odd, [None] * len(odd))
     assert features["designation_words"].tolist() == [len(s.split()) for s in odd]
 
 
@@ -63,8 +64,8 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
     from rakuten_mlops.serving.inference_log import COLUMNS, Entry, features
 
     rows = sample.iloc[:300]
-    mine = qf.language_guesser(settings.path(settings.nltk_data_dir))  # the job's, NLTK-free
-    ours = qf.text_features(rows["designation"], rows["description"], mine)
+    mine = signals.language_guesser(settings.path(settings.nltk_data_dir))  # the job's, NLTK-free
+    ours = signals.text_features(rows["designation"], rows["description"], mine)
     for i, (designation, description) in enumerate(
         zip(rows["designation"], rows["description"], strict=True)
     ):
@@ -102,23 +103,23 @@ def test_stopwords_are_nltks_without_importing_nltk(settings):
 
     folder = settings.path(settings.nltk_data_dir)
     for language in ("french", "english", "german"):
-        assert qf.read_stopwords(folder, (language,)) == nltk_stopwords(folder, (language,))
-    assert qf.read_stopwords(folder) == nltk_stopwords(folder, ("french", "english", "german"))
+        assert signals.read_stopwords(folder, (language,)) == nltk_stopwords(folder, (language,))
+    assert signals.read_stopwords(folder) == nltk_stopwords(folder, ("french", "english", "german"))
 
 
 def test_the_jobs_language_guesser_is_the_inference_logs(settings, guesser, sample):
     from rakuten_mlops.ml.text import normalise
 
-    mine = qf.language_guesser(settings.path(settings.nltk_data_dir))
+    mine = signals.language_guesser(settings.path(settings.nltk_data_dir))
     assert mine.stopwords == guesser.stopwords
     words = [w for words in guesser.stopwords.values() for w in words]
     texts = words + sample["designation"].tolist()[:500] + ["&amp;eacute;t&eacute; <b>x</b>"]
-    assert [qf._normalise(t) for t in texts] == [normalise(t) for t in texts]
+    assert [signals._normalise(t) for t in texts] == [normalise(t) for t in texts]
 
 
 def test_token_counts_follow_their_definition(sample):
     stopwords = frozenset({"de", "la", "le", "et"})
-    counts, total = qf.token_counts(
+    counts, total = signals.token_counts(
         sample["designation"], sample["description"], stopwords, keep=None
     )
     expected: dict[str, int] = {}
@@ -132,7 +133,7 @@ def test_token_counts_follow_their_definition(sample):
     assert counts.to_dict() == expected
     ranked = counts.index.tolist()
     assert ranked[:5] == sorted(expected, key=lambda t: (-expected[t], t))[:5]
-    top, _ = qf.token_counts(sample["designation"], sample["description"], stopwords, keep=30)
+    top, _ = signals.token_counts(sample["designation"], sample["description"], stopwords, keep=30)
     assert len(top) == 30 and top.to_dict() == {t: expected[t] for t in ranked[:30]}
 
 
@@ -165,10 +166,10 @@ def _jpeg(color) -> bytes:
 
 
 def test_brightness_is_the_mean_luma():
-    assert qf.brightness(_jpeg((255, 255, 255))) == pytest.approx(1.0, abs=0.01)
-    assert qf.brightness(_jpeg((0, 0, 0))) == pytest.approx(0.0, abs=0.01)
+    assert signals.brightness(_jpeg((255, 255, 255))) == pytest.approx(1.0, abs=0.01)
+    assert signals.brightness(_jpeg((0, 0, 0))) == pytest.approx(0.0, abs=0.01)
     # ITU-R 601-2: L = 0.299 R + 0.587 G + 0.114 B
-    assert qf.brightness(_jpeg((200, 30, 30))) == pytest.approx(
+    assert signals.brightness(_jpeg((200, 30, 30))) == pytest.approx(
         (0.299 * 200 + 0.587 * 30 + 0.114 * 30) / 255, abs=0.02
     )
 
@@ -183,9 +184,9 @@ def test_brightness_is_measured_on_a_seeded_sample():
         fetched.append(key)
         return _jpeg((255, 255, 255))
 
-    first = qf.measure_brightness(images, fetch, max_images=4)
+    first = signals.measure_brightness(images, fetch, max_images=4)
     assert first["brightness"].notna().sum() == 4 and len(fetched) == 4
-    again = qf.measure_brightness(images.sample(frac=1, random_state=3), fetch, max_images=4)
+    again = signals.measure_brightness(images.sample(frac=1, random_state=3), fetch, max_images=4)
     assert again["brightness"].notna().tolist() == first["brightness"].notna().tolist()
 
 
@@ -224,7 +225,7 @@ def test_column_wise_language_guess_equals_the_inference_logs_guess(guesser):
         "ǅemal and",
     ]
     expected = [guesser.guess(t) for t in texts]
-    got = qf.guess_languages(pa.array(texts, type=pa.large_string()), guesser.stopwords)
+    got = signals.guess_languages(pa.array(texts, type=pa.large_string()), guesser.stopwords)
     mismatches = [(t[:60], e, g) for t, e, g in zip(texts, expected, got, strict=True) if e != g]
     assert not mismatches, mismatches[:10]
     assert {"fr", "en", "de", "unknown"} <= set(expected)

@@ -1,4 +1,4 @@
-"""The HTML report of a window (rakuten_mlops.quality_report): self-contained and complete."""
+"""The HTML report of a window (rakuten_mlops.quality.report): self-contained and complete."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rakuten_mlops import monitoring
-from rakuten_mlops.quality_features import Profile
+from rakuten_mlops.quality.config import QualityConfig
+from rakuten_mlops.quality.features import Profile
+from rakuten_mlops.quality.report import render_html
+from rakuten_mlops.quality.results import Reference, Window, WindowResult
+from rakuten_mlops.quality.statistics import evaluate, window_status
 
 
 def profile(rows: int, shift: bool, seed: int) -> Profile:
@@ -32,29 +35,27 @@ def profile(rows: int, shift: bool, seed: int) -> Profile:
 
 
 @pytest.fixture(scope="module")
-def result() -> monitoring.WindowResult:
-    config = monitoring.QualityConfig()
-    rows = monitoring.evaluate(profile(800, False, 0), profile(500, True, 1), config)
-    window = monitoring.Window(
+def result() -> WindowResult:
+    config = QualityConfig()
+    rows = evaluate(profile(800, False, 0), profile(500, True, 1), config)
+    window = Window(
         "batch-7", "load_batch", datetime(2026, 1, 2, tzinfo=UTC), batch_id=7
     )
-    reference = monitoring.Reference(
+    reference = Reference(
         "champion", "dataset-abc-train", "train subset of abc", "3", "abc"
     )
-    return monitoring.WindowResult(
+    return WindowResult(
         window,
         reference,
         rows,
         500,
         800,
-        monitoring.window_status(rows, 500, reference, config),
+        window_status(rows, 500, reference, config),
         dag_run_id="manual__x",
     )
 
 
 def test_the_report_is_one_self_contained_file(result):
-    from rakuten_mlops.quality_report import render_html
-
     html = render_html(result)
     assert html.startswith("<!doctype html>") and html.rstrip().endswith("</html>")
     assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", html)
@@ -68,8 +69,6 @@ def test_the_report_is_one_self_contained_file(result):
 
 
 def test_the_report_names_the_window_reference_and_breaches(result):
-    from rakuten_mlops.quality_report import render_html
-
     html = render_html(result)
     assert result.status == "breach" and "status s-breach" in html
     assert "batch-7" in html and "dataset-abc-train" in html and "manual__x" in html
@@ -82,18 +81,16 @@ def test_the_report_names_the_window_reference_and_breaches(result):
 
 
 def test_a_window_without_reference_still_reports_its_quality():
-    from rakuten_mlops.quality_report import render_html
-
-    config = monitoring.QualityConfig()
-    rows = monitoring.evaluate(None, profile(300, False, 2), config)
+    config = QualityConfig()
+    rows = evaluate(None, profile(300, False, 2), config)
     assert rows and not any(r.category == "drift" for r in rows)
-    none = monitoring.Reference("none", None, "no champion and no earlier batch")
-    window = monitoring.Window(
+    none = Reference("none", None, "no champion and no earlier batch")
+    window = Window(
         "batch-1", "load_batch", datetime(2026, 1, 1, tzinfo=UTC), batch_id=1
     )
     html = render_html(
-        monitoring.WindowResult(
-            window, none, rows, 300, 0, monitoring.window_status(rows, 300, none, config)
+        WindowResult(
+            window, none, rows, 300, 0, window_status(rows, 300, none, config)
         )
     )
     assert "No drift statistics" in html and "status s-no_reference" in html

@@ -21,7 +21,7 @@ from rakuten_mlops.quality.report import render_html
 from rakuten_mlops.quality.resources import QualityResources
 from rakuten_mlops.quality.results import Reference, Window, WindowResult
 from rakuten_mlops.quality.statistics import evaluate, window_status
-from rakuten_mlops.quality.store import store
+from rakuten_mlops.quality.store import require_tables, store
 from rakuten_mlops.quality.windows import (
     batch_profile,
     batch_window,
@@ -132,6 +132,7 @@ def run(
     """Every window of one data interval (what the DAG's tasks do, in one process)."""
     config = settings_config(settings)
     with connect(settings) as conn:
+        require_tables(conn)
         batches = pending_batches(conn, interval_start, interval_end)
         windows = [batch_window(conn, b) for b in batches]
     windows.append(inference_window(interval_start, interval_end))

@@ -13,7 +13,8 @@ distinct from drift_run's, so the two never clear each other).
 5. one promotion decision in model_promotions, as the Model dashboard reads it;
 6. `airflow dags test data_quality <tomorrow>`: its data interval is today.
 
-The registered model and its runs are deleted at the end; the lake stays for inspection.
+The registered model, its run and its checksum are deleted at the end; the lake stays
+for inspection.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 from qualityhelpers import (
     dags_test,
+    delete_champion,
     ensure_database,
     quality_settings,
     record_test_promotion,
@@ -188,7 +190,5 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
         if prometheus is not None:
             prometheus.stop()
             shutil.rmtree(prometheus.root, ignore_errors=True)
-        client = model["client"] if "model" in locals() else None
-        if client is not None:
-            client.delete_registered_model(name)
-            client.delete_run(model["run_id"])
+        if "model" in locals():
+            delete_champion(lake, model)

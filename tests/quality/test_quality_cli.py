@@ -30,3 +30,46 @@ def test_the_command_checks_a_day_and_prints_what_it_did(quality_lake):
     assert window["window_id"] == "inference-2026-01-05T00:00:00Z"
     assert window["status"] == "empty" and window["rows"] == 0
     assert summary["breaches"] == 0
+
+
+def _data_quality(lake, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "data-quality", "--date", "2026-01-05"],
+        env={**env_of(lake), **env},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _last_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_a_bad_thresholds_file_ends_with_one_line_naming_the_key(quality_lake, tmp_path):
+    thresholds = tmp_path / "quality.yaml"
+    thresholds.write_text("drift:\n  thresholds:\n    psi:\n  binz: 3\n")
+    result = _data_quality(quality_lake, QUALITY_CONFIG=str(thresholds))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert _last_line(result) == (
+        f"data-quality: {thresholds}: drift.binz: unknown key; "
+        "drift.thresholds.psi: has no value"
+    )
+
+
+def test_an_unmigrated_lake_is_named_not_migrated_behind_the_users_back(quality_lake):
+    """The job no longer migrates: a lake without its tables gets one line saying so."""
+    from qualityhelpers import reset
+
+    from rakuten_mlops.storage import connect
+
+    reset(quality_lake)  # an empty schema: no table at all
+    result = _data_quality(quality_lake)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = _last_line(result)
+    assert last.startswith(f"data-quality: the lake {quality_lake.postgres_db!r} has no table ")
+    assert "quality_windows" in last and "rakuten-mlops migrate" in last
+    with connect(quality_lake) as conn:  # and nothing was created
+        assert conn.execute("SELECT to_regclass('quality_windows')").fetchone()[0] is None

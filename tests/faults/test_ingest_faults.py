@@ -295,6 +295,10 @@ def test_s3_lost_mid_load_fails_the_batch_and_leaves_no_object_uncatalogued(lake
 
 
 def test_data_quality_with_s3_down_says_it_in_one_line(lake):
+    from rakuten_mlops import schema
+
+    with lake.connect() as conn:
+        schema.migrate(conn)  # as stack start-up does: the job itself never migrates
     port = closed_port()
     result = lake.cli("data-quality", env={"S3_PORT": str(port)}, timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]

@@ -129,7 +129,6 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-
 def product_profile(
     products: pd.DataFrame,
     images: pd.DataFrame | None = None,

@@ -31,7 +31,6 @@ class ResultRow:
     details: dict = field(default_factory=dict)
 
 
-
 @dataclass
 class Reference:
     kind: str  # champion | lake_train | none
@@ -44,7 +43,6 @@ class Reference:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
 
 
 @dataclass
@@ -100,7 +98,6 @@ class WindowResult:
         }
 
 
-
 def json_safe(value: Any) -> Any:
     """`value` as JSON can hold it: numpy scalars as Python ones, NaN and inf as None."""
     if isinstance(value, dict):
@@ -114,7 +111,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value
-
 
 
 def to_json(value: Any) -> str:

@@ -92,7 +92,6 @@ def guess_languages(texts, stopwords: dict[str, frozenset[str]]) -> np.ndarray:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-
     sliced = pc.utf8_slice_codeunits(texts, 0, GUESS_CHARS)
     lowered = pc.utf8_lower(pc.replace_substring(sliced, "\u0130", "i\u0307"))
     words = pc.split_pattern_regex(lowered, r"[^\p{L}\p{N}_]+")

@@ -52,13 +52,13 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 def data_quality():
     @task
     def migrate_schema() -> list[str]:
-        from rakuten_mlops import schema
-        from rakuten_mlops.storage import connect
+        """The lake's migrations and role grants: the only task that changes the schema."""
+        from rakuten_mlops.schema import migrate_lake
+        from rakuten_mlops.settings import get_settings
 
-        with connect() as conn:
-            applied = schema.migrate(conn)
-        print(f"migrations applied now: {applied or 'none (schema up to date)'}")
-        return applied
+        result = migrate_lake(get_settings())
+        print(f"migrations applied now: {result['applied'] or 'none (schema up to date)'}")
+        return result["applied"]
 
     @task
     def reference() -> dict:

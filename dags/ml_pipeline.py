@@ -4,6 +4,7 @@
 Runs the ML stages of `rakuten_mlops` in this Airflow worker, on what `prepare_data`
 loaded into the lake:
 
+0. `migrate_schema`: the lake's pending migrations and role grants.
 1. `preprocess`: the lake's labelled products and their stored train/validation/test
    split, frozen as a **dataset version** (parquet + manifest, in `processed_data/` and
    S3). Returns its id: a content hash, so the same lake gives the same id.
@@ -59,6 +60,16 @@ from airflow.sdk import Param, dag, task
 )
 def ml_pipeline():
     @task
+    def migrate_schema() -> list[str]:
+        """The lake's migrations and role grants: the only task that changes the schema."""
+        from rakuten_mlops.schema import migrate_lake
+        from rakuten_mlops.settings import get_settings
+
+        result = migrate_lake(get_settings())
+        print(f"migrations applied now: {result['applied'] or 'none (schema up to date)'}")
+        return result["applied"]
+
+    @task
     def preprocess() -> str:
         from rakuten_mlops.ml.dataset import prepare_dataset
         from rakuten_mlops.settings import get_settings
@@ -94,7 +105,9 @@ def ml_pipeline():
         print(f"promotion: {result.alias}: {result.reason}")
         return result.as_dict()
 
-    promote(evaluate(train(preprocess())))
+    dataset_id = preprocess()
+    migrate_schema() >> dataset_id
+    promote(evaluate(train(dataset_id)))
 
 
 ml_pipeline()

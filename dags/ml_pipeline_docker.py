@@ -10,7 +10,8 @@ platform's settings as environment (secrets through `private_environment`) and j
 compose network (`RAKUTEN_DOCKER_NETWORK`, default `rakuten-mlops`), so they reach
 PostgreSQL, MinIO and MLflow by service name.
 
-First task `check_docker_engine`: fails at once, and says why, when no Docker engine
+First task `migrate_schema`: the lake's pending migrations and role grants (in this
+worker). Then `check_docker_engine`: fails at once, and says why, when no Docker engine
 answers at `DOCKER_HOST` (default `unix:///var/run/docker.sock`), e.g. in local mode,
 where `ml_pipeline` runs the same stages without containers.
 
@@ -73,6 +74,16 @@ COMMANDS = {
 )
 def ml_pipeline_docker():
     @task
+    def migrate_schema() -> list[str]:
+        """The lake's migrations and role grants: the only task that changes the schema."""
+        from rakuten_mlops.schema import migrate_lake
+        from rakuten_mlops.settings import get_settings
+
+        result = migrate_lake(get_settings())
+        print(f"migrations applied now: {result['applied'] or 'none (schema up to date)'}")
+        return result["applied"]
+
+    @task
     def check_docker_engine() -> str:
         """Fail now, clearly and without retrying, when no Docker engine answers."""
         from airflow.sdk.exceptions import AirflowFailException
@@ -125,7 +136,7 @@ def ml_pipeline_docker():
     preflight = check_docker_engine()
     preprocess = stage("preprocess")
     train = stage("train", timeout=timedelta(hours=3))
-    preflight >> preprocess >> train >> stage("evaluate") >> stage("promote")
+    migrate_schema() >> preflight >> preprocess >> train >> stage("evaluate") >> stage("promote")
 
 
 ml_pipeline_docker()

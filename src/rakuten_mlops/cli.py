@@ -213,6 +213,31 @@ def airflow(ctx: typer.Context) -> None:
     os.execv(binary, [binary, *ctx.args])
 
 
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply the lake's pending schema migrations and the API/Grafana roles' grants.
+
+    Run at stack start-up and by each DAG's first task; nothing else changes the schema.
+    """
+    from rakuten_mlops.schema import migrate_lake
+
+    settings = get_settings()
+    with _service_down("migrate"):
+        result = migrate_lake(settings)
+    applied = ", ".join(result["applied"]) or "none (schema up to date)"
+    typer.echo(f"{settings.postgres_db}: migrations applied now: {applied}; "
+               f"grants for: {', '.join(result['granted']) or 'no service role yet'}")
+
+
+def _migrate_first(label: str, settings) -> None:
+    """CLI stages that start a pipeline (ingest, data-quality) migrate first, as their
+    DAG's first task does."""
+    from rakuten_mlops.schema import migrate_lake
+
+    with _service_down(label):
+        migrate_lake(settings)
+
+
 @app.command("ingest")
 def ingest(
     slice_spec: Annotated[str | None, typer.Option(
@@ -234,6 +259,7 @@ def ingest(
     settings = get_settings()
     if raw_dir is not None:
         settings = settings.model_copy(update={"raw_data_dir": raw_dir.resolve()})
+    _migrate_first("ingest failed", settings)
     with _exits_on("ingest failed", IngestError), _service_down("ingest failed"):
         summary = run_ingest(settings, run_id or default_run_id(), slice_spec)
     if summary.get("note"):
@@ -304,7 +330,7 @@ def predict_batch(
     from rakuten_mlops.serving.model import ModelLoadError
 
     _log_progress()
-    with _exits_on("predict-batch", ModelLoadError):
+    with _exits_on("predict-batch", ModelLoadError), _service_down("predict-batch"):
         summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
     typer.echo(json.dumps(summary, indent=2))
 
@@ -436,6 +462,7 @@ def data_quality_command(
     with _exits_on("data-quality", QualityError):
         start, end = interval_of(date, datetime.now(UTC))
     _log_progress()
+    _migrate_first("data-quality", get_settings())
     with _exits_on("data-quality", QualityError), _service_down("data-quality"):
         run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
         summary = run(get_settings(), start, end, dag_run_id=run_id)

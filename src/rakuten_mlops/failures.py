@@ -24,8 +24,11 @@ def service_errors() -> tuple[type[BaseException], ...]:
     import urllib3
     from minio.error import MinioException
 
-    return (psycopg.OperationalError, urllib3.exceptions.HTTPError, MinioException,
-            ConnectionError, TimeoutError)
+    from rakuten_mlops.schema import SchemaMissing
+
+    # UndefinedTable: a lake never migrated (only `migrate` changes the schema).
+    return (psycopg.OperationalError, psycopg.errors.UndefinedTable, SchemaMissing,
+            urllib3.exceptions.HTTPError, MinioException, ConnectionError, TimeoutError)
 
 
 def describe(exc: BaseException) -> str:
@@ -39,6 +42,9 @@ def describe(exc: BaseException) -> str:
         return f"S3 at {exc.pool.host}:{exc.pool.port} is unreachable ({reason})"
     if isinstance(exc, urllib3.exceptions.HTTPError):
         return f"S3 request failed: {scrub(exc)}"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        table = scrub(exc).partition("\n")[0]
+        return f"PostgreSQL: the lake schema is missing ({table}): run `rakuten-mlops migrate`"
     if isinstance(exc, psycopg.OperationalError):
         return f"PostgreSQL: {scrub(exc)}"
     return f"{type(exc).__name__}: {scrub(exc)}"

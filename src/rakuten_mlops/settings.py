@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     # Local mode only: the password of the local cluster's `postgres` superuser (every
     # connection to it needs a password, the local socket included).
     postgres_superuser_password: SecretStr | None = None
+    # Least-privilege roles (rakuten_mlops.schema.grant_privileges), created by the stack's
+    # start-up: the API (insert into its log, read what it serves) and Grafana (read only).
+    postgres_api_user: str = "rakuten_api"
+    postgres_api_password: SecretStr | None = None
+    postgres_grafana_user: str = "rakuten_grafana"
+    postgres_grafana_password: SecretStr | None = None
 
     s3_host: str = "127.0.0.1"
     s3_port: int = Field(8333, ge=1, le=65535)

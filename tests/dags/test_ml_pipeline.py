@@ -203,8 +203,9 @@ def test_the_docker_dag_runs_the_same_stages_as_cli_commands_in_the_ml_image(doc
 
     from rakuten_mlops.cli import app
 
-    assert docker_dag["local"] == STAGES
-    assert docker_dag["docker"] == ["check_docker_engine", *STAGES]
+    # Both start with the lake's migrations (the only tasks that change its schema).
+    assert docker_dag["local"] == ["migrate_schema", *STAGES]
+    assert docker_dag["docker"] == ["migrate_schema", "check_docker_engine", *STAGES]
     cli = get_command(app)
     for stage in STAGES:
         task = docker_dag["commands"][stage]

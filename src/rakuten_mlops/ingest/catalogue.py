@@ -33,7 +33,6 @@ from pathlib import Path
 
 import psycopg
 
-from rakuten_mlops import schema
 from rakuten_mlops.ingest import split
 from rakuten_mlops.ingest.lake import failure_recorded, lake_connect
 from rakuten_mlops.ingest.plan import LakeState, Planner
@@ -365,7 +364,6 @@ def _load_text(settings: Settings, run_id: str, slice_spec: str | None,
     # autocommit: each `conn.transaction()` below is a whole transaction, committed at
     # its end (not a savepoint of an implicit one that an exception would roll back).
     with lake_connect(settings, autocommit=True) as conn:
-        schema.migrate(conn)
         if (batch_id := _text_loaded(conn, run_id)) is not None:
             log.info("run %s: batch %d already has its text; nothing to do", run_id, batch_id)
             return TextResult(batch_id, already_loaded=True)

@@ -38,6 +38,31 @@ def bootstrap_postgres(settings: Settings, hba_file: Path, owner: str | None) ->
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), role)
                 )
+        ensure_service_roles(conn, settings)
+    bootstrap_lake(settings)
+
+
+def ensure_service_roles(conn: psycopg.Connection, settings: Settings) -> None:
+    """The API's and Grafana's least-privilege roles, passwords kept in sync with .env."""
+    from rakuten_mlops.schema import ensure_roles
+
+    roles = {
+        user: password.get_secret_value()
+        for user, password in (
+            (settings.postgres_api_user, settings.postgres_api_password),
+            (settings.postgres_grafana_user, settings.postgres_grafana_password),
+        )
+        if password is not None
+    }
+    ensure_roles(conn, roles)
+
+
+def bootstrap_lake(settings: Settings) -> None:
+    """The lake's migrations and grants, once per start-up (as the project role, which
+    owns the tables): the services that come after never change the schema."""
+    from rakuten_mlops.schema import migrate_lake
+
+    migrate_lake(settings)
 
 
 def scram_verifier(conn: psycopg.Connection, user: str, password: str) -> str:

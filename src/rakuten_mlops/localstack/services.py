@@ -630,6 +630,17 @@ def prometheus_service(settings: Settings) -> Service:
 # --------------------------------------------------------------------------- API
 
 
+def api_database_env(settings: Settings) -> dict[str, str]:
+    """POSTGRES_USER/PASSWORD of the API's own role (rakuten_mlops.schema.API_GRANTS);
+    without POSTGRES_API_PASSWORD (an .env older than the role) it keeps the owner's."""
+    if settings.postgres_api_password is None:
+        return {}
+    return {
+        "POSTGRES_USER": settings.postgres_api_user,
+        "POSTGRES_PASSWORD": settings.postgres_api_password.get_secret_value(),
+    }
+
+
 def api_service(settings: Settings) -> Service:
     """The prediction API (rakuten_mlops.serving); it loads the champion from MLflow."""
     base = f"http://{settings.bind_host}:{settings.api_port}"
@@ -641,6 +652,8 @@ def api_service(settings: Settings) -> Service:
             "RAKUTEN_ENV_FILE": str(env_file()),
             # The API only reads the registry: MLflow's read-only user.
             **tracking_client_env(settings, "reader"),
+            # ... and connects to the lake as its own least-privilege role.
+            **api_database_env(settings),
         },
         url=f"{base} (docs {base}/docs)",
         healthy=lambda: http_ok(f"{base}/health"),

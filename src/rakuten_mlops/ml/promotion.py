@@ -29,7 +29,6 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from rakuten_mlops import schema
 from rakuten_mlops.errors import PromotionError
 from rakuten_mlops.ml.evaluate import Evaluation, Gain, f1_gain
 from rakuten_mlops.ml.profile import PromotionPolicy
@@ -190,10 +189,8 @@ def record_promotion(settings_or_conn: Settings | psycopg.Connection,
     values = tuple(_value(column, promotion, decided_at) for column in _COLUMNS)
     if isinstance(settings_or_conn, Settings):
         with connect(settings_or_conn) as conn:
-            schema.migrate(conn)
             conn.execute(_UPSERT, values)
         return
-    schema.migrate(settings_or_conn)
     settings_or_conn.execute(_UPSERT, values)
 
 

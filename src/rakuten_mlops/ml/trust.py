@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psycopg
 
-from rakuten_mlops import schema
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect
 
@@ -88,7 +87,6 @@ def record(
 ) -> None:
     """Record (or re-record) `digest` as the trusted content of `name` `version`."""
     with connect(settings) as conn:
-        schema.migrate(conn)
         conn.execute(
             """
             INSERT INTO trusted_models

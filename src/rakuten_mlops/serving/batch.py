@@ -55,7 +55,6 @@ def predict_lake(
     model: LoadedModel | None = None,
 ) -> dict:
     """Classify the lake's `source_split` products; return the run's summary."""
-    from rakuten_mlops.schema import migrate
     from rakuten_mlops.storage import connect
 
     model = model or champion(settings)
@@ -63,7 +62,6 @@ def predict_lake(
     now = datetime.now(UTC)
     run_id = run_id or f"{model.name}-v{model.version}-{now:%Y%m%dT%H%M%S%fZ}"
     with connect(settings) as conn:
-        migrate(conn)
         query = (
             "SELECT productid, designation, description FROM products"
             " WHERE source_split = %s ORDER BY productid"

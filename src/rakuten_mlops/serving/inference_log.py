@@ -136,7 +136,6 @@ class InferenceLogWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: psycopg.Connection | None = None
-        self._migrated = False
         self._retry_at = 0.0
         self._backoff = 0.5
         self.written = 0
@@ -249,17 +248,12 @@ class InferenceLogWriter:
             self._conn = connect(
                 self.settings, connect_timeout=3, application_name=APPLICATION_NAME
             )
-        if not self._migrated:
-            from rakuten_mlops.schema import migrate
-
-            self._conn.autocommit = True  # migrate() opens its own transaction
-            migrate(self._conn)
-            self._conn.autocommit = False
-            self._migrated = True
         return self._conn
 
     def _failed(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        if isinstance(exc, psycopg.errors.UndefinedTable):  # the API never changes the schema
+            message = "the inference_log table is missing: run `rakuten-mlops migrate`"
         if message != self.last_error:
             log.warning(
                 "inference log: write failed, %d rows kept for later: %s",
@@ -270,7 +264,6 @@ class InferenceLogWriter:
         if self.metrics:
             self.metrics.errors.labels("inference_log").inc()
         self._close()
-        self._migrated = False  # the database may have come back empty (restore, reset)
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 

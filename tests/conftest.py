@@ -14,6 +14,12 @@ from pytest import MonkeyPatch
 
 monkeypatch_context = MonkeyPatch.context
 
+# Shared helpers and fixtures (tests/support), registered once for every folder.
+pytest_plugins = [
+    "tests.support.lake",
+    "tests.support.serving",
+]
+
 # Before anything reads settings: tests get a database and buckets of their own.
 TEST_OVERRIDES = {
     "POSTGRES_DB": "rakuten_lake_test",
@@ -49,9 +55,17 @@ def stack(settings):
         for name in TEST_OVERRIDES:
             patch.delenv(name)
         supervisor.up(report=lambda line: print(f"[stack] {line}"))
+    # No trace (tests/support/cleanup.py): the user's stack as found, checked here, after
+    # every other fixture's teardown and before the stack stops.
+    from tests.support.cleanup import NoTrace
+
+    no_trace = NoTrace.start(settings)
     yield supervisor
-    if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
-        supervisor.down(report=lambda line: print(f"[stack] {line}"))
+    try:
+        no_trace.finish()
+    finally:
+        if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
+            supervisor.down(report=lambda line: print(f"[stack] {line}"))
 
 
 @pytest.fixture()

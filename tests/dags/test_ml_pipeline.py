@@ -25,14 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "ingest"), str(TESTS / "ml")]
-import lakehelpers  # noqa: E402
-from lakehelpers import PROJECT  # noqa: E402
-from profiles import TINY_PROFILE, WORSE_PROFILE  # noqa: E402
-
-lake_database = lakehelpers.lake_database
-sample_dir = lakehelpers.sample_dir
+from tests.support import lake as lakehelpers
+from tests.support.lake import PROJECT
+from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
 

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
-import lakehelpers  # noqa: E402
-from lakehelpers import PROJECT, expected_from, sha256  # noqa: E402
-
-# The load tests' fixtures (tests/ingest/lakehelpers.py), made visible to this module.
-lake = lakehelpers.lake
-lake_database = lakehelpers.lake_database
-sample_dir = lakehelpers.sample_dir
+from tests.support.lake import PROJECT, expected_from, sha256
 
 pytestmark = pytest.mark.stack
 

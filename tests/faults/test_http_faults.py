@@ -36,15 +36,13 @@ import socket
 import ssl
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from serving_support import CLIENT_KEY, ApiServer, free_port  # noqa: E402
+from tests.support.serving import CLIENT_KEY, ApiServer, free_port
 
 HEADER_TIMEOUT = 2.0
 BODY_TIMEOUT = 2.0

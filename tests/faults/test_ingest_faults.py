@@ -1,7 +1,7 @@
 """Issue 12, the ingest's faults: no single bad record or file stops a load.
 
 Each test builds a raw folder (the shipped sample plus the fault) and loads it into a
-lake of its own (tests/ingest/lakehelpers.py: a test database and bucket, emptied first)
+lake of its own (tests/support/lake.py: a test database and bucket, emptied first)
 on the real PostgreSQL and S3 of the local stack. Which item each test proves:
 
 * item 3  `test_nul_byte_and_oversized_fields_are_rejects_while_the_rest_loads`
@@ -34,14 +34,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ingest"))
-import lakehelpers  # noqa: E402
-from lakehelpers import PROJECT, expected_from, jpeg_bytes, sha256  # noqa: E402
-
 from rakuten_mlops.ingest import IngestError, run_ingest  # noqa: E402
-
-lake, lake_database, sample_dir = lakehelpers.lake, lakehelpers.lake_database, \
-    lakehelpers.sample_dir
+from tests.support.lake import PROJECT, expected_from, jpeg_bytes, sha256
 
 pytestmark = pytest.mark.stack
 

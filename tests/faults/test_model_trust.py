@@ -479,10 +479,8 @@ def test_an_mlflow_database_outage_is_named_in_ready(settings, tmp_path):
     A private PostgreSQL cluster holds a private MLflow server's store and the API's
     lake; the cluster is stopped under them.
     """
-    sys.path.insert(0, str(ROOT / "tests" / "serving"))
-    from serving_support import PrivatePostgres
-
     from rakuten_mlops.localstack.services import venv_bin
+    from tests.support.serving import PrivatePostgres
 
     postgres = PrivatePostgres(tmp_path / "pg", user="outage", database="mlflow").init()
     mlflow_port = free_port()

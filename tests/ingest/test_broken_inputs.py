@@ -7,9 +7,9 @@ labels and image files added, so the default reject limits still hold.
 from __future__ import annotations
 
 import pytest
-from lakehelpers import SAMPLE, expected_from, jpeg_bytes, png_bytes
 
 from rakuten_mlops.ingest import run_ingest
+from tests.support.lake import SAMPLE, expected_from, jpeg_bytes, png_bytes
 
 pytestmark = pytest.mark.stack
 

@@ -14,7 +14,8 @@ import time
 
 import psycopg
 import pytest
-from lakehelpers import PROJECT, expected_from, sha256
+
+from tests.support.lake import PROJECT, expected_from, sha256
 
 pytestmark = pytest.mark.stack
 

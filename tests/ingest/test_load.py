@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from lakehelpers import expected_from, sha256
 
 from rakuten_mlops.ingest import IngestError, run_ingest
+from tests.support.lake import expected_from, sha256
 
 pytestmark = pytest.mark.stack
 

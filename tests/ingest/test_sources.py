@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lakehelpers import jpeg_bytes, png_bytes
 
 from rakuten_mlops.ingest.catalogue import normalize_slice, read_ahead, slice_size
 from rakuten_mlops.ingest.images import BadImage, check_jpeg
@@ -21,6 +20,7 @@ from rakuten_mlops.ingest.sources import (
     read_labels,
     read_source,
 )
+from tests.support.lake import jpeg_bytes, png_bytes
 
 HEADER = ",designation,description,productid,imageid\n"
 

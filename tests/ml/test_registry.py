@@ -16,7 +16,8 @@ import uuid
 import numpy as np
 import pandas as pd
 import pytest
-from profiles import TINY_PROFILE, WORSE_PROFILE
+
+from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
 
 from rakuten_mlops.ml import export, stages
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from profiles import TINY_PROFILE
 
 from rakuten_mlops.errors import ProfileError
 from rakuten_mlops.ml.features import FAMILIES, TREE_FAMILIES, build_pipeline, pipeline_params
 from rakuten_mlops.ml.profile import load_profile
 from rakuten_mlops.ml.train import refit, search, training_rows
+from tests.support.profiles import TINY_PROFILE
 
 
 @pytest.mark.parametrize("name", ["quick", "full"])

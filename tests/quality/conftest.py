@@ -1,10 +1,10 @@
-"""Fixtures of the data-quality tests (helpers in qualityhelpers.py).
+"""Fixtures of the data-quality tests (helpers in tests/support/quality.py).
 
 `quality_lake`: settings for an empty lake of this folder's own (database and buckets
 distinct from drift_run's, so the two never clear each other).
 `drift_run` (session): the end-to-end scenario every dashboard query test needs too:
 
-1. the shipped sample, loaded in two batches, the second shifted (qualityhelpers);
+1. the shipped sample, loaded in two batches, the second shifted (tests/support/quality.py);
 2. a dataset version of batch 1 (`preprocess.prepare_dataset`), a small real model
    trained on its train subset, registered under a test-only name as champion;
 3. the prediction API serving it (a real uvicorn process writing this lake's
@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from qualityhelpers import (
+
+from tests.support.quality import (
     dags_test,
     delete_champion,
     ensure_database,
@@ -84,9 +85,8 @@ class DriftRun:
 
 def _predict_unshifted(api, lake, limit: int | None = None) -> int:
     """/predict/batch on batch 1's validation and test products; how many were classified."""
-    from serving_support import CLIENT
-
     from rakuten_mlops.storage import connect
+    from tests.support.serving import CLIENT
 
     with connect(lake) as conn:
         rows = conn.execute(
@@ -108,13 +108,12 @@ def _predict_unshifted(api, lake, limit: int | None = None) -> int:
 def drift_run(stack, settings, quality_database, tmp_path_factory):
     import shutil as _shutil
 
-    from serving_support import ApiServer, PrivatePrometheus, wait_for
-
     from rakuten_mlops import schema
     from rakuten_mlops.ingest import run_ingest
     from rakuten_mlops.localstack.services import prometheus_config
     from rakuten_mlops.ml.dataset import prepare_dataset
     from rakuten_mlops.storage import connect
+    from tests.support.serving import ApiServer, PrivatePrometheus, wait_for
 
     folder = tmp_path_factory.mktemp("drift_run")
     name = f"test-quality-{uuid.uuid4().hex[:8]}"

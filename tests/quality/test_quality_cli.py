@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from qualityhelpers import PROJECT, env_of
+
+from tests.support.quality import PROJECT, env_of
 
 pytestmark = pytest.mark.stack
 

@@ -55,7 +55,7 @@ def test_sql_panel_returns_rows(drift_run, query):
 @pytest.fixture(scope="module")
 def fresh_traffic(drift_run):
     """A little traffic now, so rates over the last minute are not empty; scraped."""
-    from serving_support import CLIENT, wait_for
+    from tests.support.serving import CLIENT, wait_for
 
     if drift_run.prometheus is None:
         pytest.skip("prometheus is not installed (`make setup` installs it)")

@@ -1,5 +1,5 @@
 """`airflow dags test data_quality` on the sample loaded in two batches, the second shifted
-on exactly `uppercase_ratio` and `label` (conftest.py, qualityhelpers.py): drift is
+on exactly `uppercase_ratio` and `label` (conftest.py, tests/support/quality.py): drift is
 flagged on those two features of batch 2 and nowhere else, every window is stored with
 its reference and sample sizes, reports land in S3, and a re-run replaces, never adds.
 """
@@ -10,7 +10,8 @@ import re
 import uuid
 
 import pytest
-from qualityhelpers import SHIFTED_FEATURES
+
+from tests.support.quality import SHIFTED_FEATURES
 
 pytestmark = pytest.mark.stack
 
@@ -179,7 +180,7 @@ def test_reports_are_self_contained_html_in_s3(drift_run):
 def test_a_rerun_replaces_the_windows(drift_run):
     from datetime import timedelta
 
-    from qualityhelpers import dags_test
+    from tests.support.quality import dags_test
 
     settings = drift_run.settings
     query = (
@@ -204,8 +205,6 @@ def test_a_rerun_replaces_the_windows(drift_run):
 
 def test_without_a_champion_the_lake_is_the_reference(drift_run):
     """The fallback, computed without storing (the windows above stay the champion's)."""
-    from qualityhelpers import SHIFTED_FEATURES as shifted
-
     from rakuten_mlops.quality.config import settings_config
     from rakuten_mlops.quality.reference import (
         reference_profile,
@@ -216,6 +215,7 @@ def test_without_a_champion_the_lake_is_the_reference(drift_run):
     from rakuten_mlops.quality.statistics import evaluate, window_status
     from rakuten_mlops.quality.windows import batch_profile
     from rakuten_mlops.storage import connect
+    from tests.support.quality import SHIFTED_FEATURES as shifted
 
     settings = drift_run.settings.model_copy(update={"model_name": "test-quality-no-such-model"})
     base = resolve_reference(settings)
@@ -241,11 +241,10 @@ def test_without_a_champion_the_lake_is_the_reference(drift_run):
 
 def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
     """A champion trained on train + validation is compared with both, not train alone."""
-    from qualityhelpers import delete_champion, train_champion
-
     from rakuten_mlops.ml.dataset import load_dataset
     from rakuten_mlops.quality.reference import champion_reference, reference_products
     from rakuten_mlops.storage import connect
+    from tests.support.quality import delete_champion, train_champion
 
     name = f"test-quality-tv-{uuid.uuid4().hex[:8]}"
     settings = drift_run.settings.model_copy(update={"model_name": name})

@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
-from qualityhelpers import SAMPLE
 
 from rakuten_mlops.quality import features as qf
 from rakuten_mlops.quality import signals
+from tests.support.quality import SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +191,7 @@ def test_brightness_is_measured_on_a_seeded_sample():
 
 
 def _translated_texts(limit: int = 20000) -> list[str]:
-    from lakehelpers import PROJECT
+    from tests.support.lake import PROJECT
 
     path = PROJECT.parent / "shared" / "data" / "translated" / "X_train_translated.csv"
     if not path.exists():

@@ -14,7 +14,8 @@ import warnings
 
 import pandas as pd
 import pytest
-from serving_support import SAMPLE_DATA, ApiServer, project_pipeline
+
+from tests.support.serving import SAMPLE_DATA, ApiServer, project_pipeline
 
 pytestmark = pytest.mark.stack
 

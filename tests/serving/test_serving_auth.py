@@ -4,7 +4,8 @@ the wrong role, and what each role may do."""
 from __future__ import annotations
 
 import pytest
-from serving_support import ADMIN, ADMIN_KEY, CLIENT, CLIENT_KEY
+
+from tests.support.serving import ADMIN, ADMIN_KEY, CLIENT, CLIENT_KEY
 
 pytestmark = pytest.mark.stack
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from serving_support import ADMIN_KEY, CLIENT_KEY
+
+from tests.support.serving import ADMIN_KEY, CLIENT_KEY
 
 pytestmark = pytest.mark.stack
 

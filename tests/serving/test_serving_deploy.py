@@ -4,9 +4,9 @@ and its Prometheus job (files only: no Docker engine here)."""
 from __future__ import annotations
 
 import yaml
-from serving_support import ROOT
 
 from rakuten_mlops.localstack.services import local_services, prometheus_config
+from tests.support.serving import ROOT
 
 
 def test_local_mode_runs_the_api_on_loopback(settings):

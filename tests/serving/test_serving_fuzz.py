@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving_support import ADMIN_KEY
+
+from tests.support.serving import ADMIN_KEY
 
 pytestmark = pytest.mark.stack
 

@@ -9,7 +9,8 @@ from collections import Counter
 
 import httpx
 import pytest
-from serving_support import ADMIN, CLIENT, wait_for
+
+from tests.support.serving import ADMIN, CLIENT, wait_for
 
 pytestmark = pytest.mark.stack
 

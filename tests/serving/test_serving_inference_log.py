@@ -13,9 +13,9 @@ from pathlib import Path
 import joblib
 import psycopg
 import pytest
-from serving_support import ADMIN, CLIENT, ApiServer, PrivatePostgres, free_port, wait_for
 
 from rakuten_mlops.serving.inference_log import APPLICATION_NAME
+from tests.support.serving import ADMIN, CLIENT, ApiServer, PrivatePostgres, free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -121,7 +121,7 @@ def test_database_outage_and_export_fallback(tmp_path, outside_pytest_tmp, setti
     """MLflow unreachable and no export: alive, not ready. Export appears: admin reload
     serves it, flagged as fallback. PostgreSQL stopped: predictions go on, rows wait in
     memory. PostgreSQL back: every row lands, once."""
-    database = PrivatePostgres(outside_pytest_tmp, settings.postgres_user, "lake").init()
+    database = PrivatePostgres(outside_pytest_tmp, settings.postgres_user, "lake").init().migrate()
     models = tmp_path / "models"
     models.mkdir()
     server = ApiServer(

@@ -9,9 +9,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from serving_support import CLIENT, PrivatePrometheus, wait_for
 
 from rakuten_mlops.localstack.services import prometheus_config
+from tests.support.serving import CLIENT, PrivatePrometheus, wait_for
 
 pytestmark = pytest.mark.stack
 

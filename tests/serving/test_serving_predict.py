@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from serving_support import CLIENT
+
+from tests.support.serving import CLIENT
 
 pytestmark = pytest.mark.stack
 

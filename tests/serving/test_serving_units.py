@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
-from serving_support import ADMIN_KEY, CLIENT_KEY, SAMPLE_DATA, project_pipeline
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -31,6 +30,7 @@ from rakuten_mlops.serving.model import (
 )
 from rakuten_mlops.serving.schemas import request_models
 from rakuten_mlops.settings import Mode
+from tests.support.serving import ADMIN_KEY, CLIENT_KEY, SAMPLE_DATA, project_pipeline
 
 TEXTS = [
     ("Piscine gonflable ronde", 2583),

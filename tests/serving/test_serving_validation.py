@@ -4,7 +4,8 @@ never a 500. The server's limits: designation 300 chars, description 12,000, bat
 from __future__ import annotations
 
 import pytest
-from serving_support import CLIENT
+
+from tests.support.serving import CLIENT
 
 pytestmark = pytest.mark.stack
 
@@ -95,7 +96,7 @@ def test_lone_surrogates_are_422_naming_the_field(api):
     "query,field", [("limit=0", "limit"), ("limit=abc", "limit"), ("limit=1001", "limit")]
 )
 def test_invalid_query_parameters_are_422(api, query, field):
-    from serving_support import ADMIN
+    from tests.support.serving import ADMIN
 
     response = api.get(f"/admin/inference-log?{query}", headers=ADMIN)
     assert response.status_code == 422

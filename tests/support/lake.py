@@ -79,11 +79,14 @@ class Lake:
     def reset(self) -> None:
         from minio.deleteobjects import DeleteObject
 
+        from rakuten_mlops.schema import migrate_lake
         from rakuten_mlops.storage import s3_client
 
         with self.connect() as conn:
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
+            # As the stack's start-up does: only `migrate` creates the schema now.
+            migrate_lake(self.settings, conn)
         client = s3_client(self.settings)
         bucket = self.settings.s3_bucket_images
         if client.bucket_exists(bucket):

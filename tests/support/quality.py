@@ -23,18 +23,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS / "ingest"))
-sys.path.insert(0, str(TESTS / "serving"))
-
-import lakehelpers  # noqa: E402
-from lakehelpers import PROJECT, SAMPLE, Lake  # noqa: E402
+from tests.support import lake as lakehelpers
+from tests.support.lake import PROJECT, SAMPLE, Lake
 
 SHIFTED_FEATURES = {"uppercase_ratio", "label"}
 SHIFTED_CLASSES = (2583, 1560)

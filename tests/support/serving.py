@@ -173,6 +173,14 @@ class PrivatePostgres:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         return self
 
+    def migrate(self) -> PrivatePostgres:
+        """The lake's schema in this cluster's database (as `rakuten-mlops migrate` does)."""
+        from rakuten_mlops.schema import migrate
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            migrate(conn)
+        return self
+
     def dsn(self, database: str | None = None) -> str:
         return (
             f"host=127.0.0.1 port={self.port} user={self.user} "

@@ -1,0 +1,252 @@
+"""No trace: the test session leaves the user's stack exactly as it found it.
+
+`NoTrace.start` snapshots what a user sees of the stack (Airflow DAG runs, MLflow
+experiments, deleted ones included, runs and registered model versions, S3 buckets, the
+databases and the row counts of the user's lake) once the session's stack is up.
+`NoTrace.finish`, in the teardown of the session's `stack` fixture (tests/conftest.py),
+removes what the session created and compares a new snapshot with the first:
+
+- Airflow: the DAG runs `airflow dags test` created (run_type and triggered_by say so)
+  that were not there before, deleted row by row (their task instances, XComs and notes
+  go with them: ON DELETE CASCADE), never a whole DAG and never a time range;
+- MLflow: registered models and experiments that were not there before, all of them the
+  tests' own `test-*` names: models deleted, experiments soft-deleted and then removed for
+  good with `mlflow gc` (runs, logged models and artifacts included);
+- S3: the `test-*` buckets (only tests use the prefix), emptied and removed;
+- PostgreSQL: the test databases (`<test POSTGRES_DB>*`) dropped.
+
+Why the stack fixture's teardown: it is set up before every other fixture that uses the
+stack, so it is torn down after all of them (their own cleanups have run), and before
+the stack is stopped (a stack the session started is still up to be looked at). An
+exception there is reported as an error of the session's last test, so a leak fails
+`make test` with the difference named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+# Prefixes of what only tests create (tests/conftest.py TEST_OVERRIDES, test fixtures).
+TEST_PREFIX = "test-"
+# Runs a scheduler starts while tests run belong to the user's schedule, not to tests.
+USER_RUN_TYPES = ("scheduled", "asset_triggered")
+
+
+def user_settings(test_settings):
+    """The user's own settings: the test session's, without tests/conftest.py overrides."""
+    from dotenv import dotenv_values
+
+    from rakuten_mlops.settings import Settings, env_file
+
+    configured = dotenv_values(env_file())
+    defaults = Settings.model_fields
+    return test_settings.model_copy(update={
+        "postgres_db": configured.get("POSTGRES_DB") or defaults["postgres_db"].default,
+        "s3_bucket_images": configured.get("S3_BUCKET_IMAGES")
+        or defaults["s3_bucket_images"].default,
+        "s3_bucket_artifacts": configured.get("S3_BUCKET_ARTIFACTS")
+        or defaults["s3_bucket_artifacts"].default,
+    })
+
+
+def _rows(settings, database: str, query: str, *args) -> list[tuple]:
+    from rakuten_mlops.storage import connect
+
+    with connect(settings, database=database) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+@dataclass
+class Snapshot:
+    dag_runs: set[tuple[str, str]] = field(default_factory=set)
+    experiments: set[tuple[str, str, str]] = field(default_factory=set)
+    mlflow_runs: set[str] = field(default_factory=set)
+    model_versions: set[tuple[str, str]] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+    buckets: set[str] = field(default_factory=set)
+    databases: set[str] = field(default_factory=set)
+    lake_rows: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, settings, test_settings) -> Snapshot:
+        """What a user sees; the session's own test database and buckets left out."""
+        from rakuten_mlops.storage import s3_client
+
+        dag_runs = _rows(settings, settings.airflow_db,
+                         "SELECT dag_id, run_id FROM dag_run WHERE run_type <> ALL(%s)",
+                         list(USER_RUN_TYPES))
+        mlflow = settings.mlflow_db
+        return cls(
+            dag_runs=set(dag_runs),
+            experiments=set(_rows(settings, mlflow, "SELECT experiment_id::text, name,"
+                                  " lifecycle_stage FROM experiments")),
+            mlflow_runs={r[0] for r in _rows(settings, mlflow, "SELECT run_uuid FROM runs")},
+            model_versions=set(_rows(settings, mlflow,
+                                     "SELECT name, version::text FROM model_versions")),
+            models={r[0] for r in _rows(settings, mlflow, "SELECT name FROM registered_models")},
+            buckets={b.name for b in s3_client(settings).list_buckets()
+                     if not b.name.startswith(TEST_PREFIX)},
+            databases={r[0] for r in _rows(settings, "postgres",
+                                           "SELECT datname FROM pg_database")
+                       if not r[0].startswith(test_settings.postgres_db)},
+            lake_rows=lake_row_counts(settings),
+        )
+
+    def differences(self, later: Snapshot) -> list[str]:
+        found = []
+        for name in self.__dataclass_fields__:
+            before, after = getattr(self, name), getattr(later, name)
+            if before == after:
+                continue
+            if isinstance(before, dict):
+                changed = {k: (before.get(k), after.get(k))
+                           for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+                found.append(f"{name}: (before, after) {sorted(changed.items())}")
+            else:
+                found.append(f"{name}: new {sorted(after - before)[:10]}, "
+                             f"gone {sorted(before - after)[:10]}")
+        return found
+
+
+def lake_row_counts(settings) -> dict[str, int]:
+    """Rows of every table of the user's lake (none when it does not exist yet)."""
+    from rakuten_mlops.storage import connect
+
+    try:
+        with connect(settings) as conn:
+            tables = [r[0] for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+            return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(t))).fetchone()[0] for t in tables}
+    except psycopg.errors.InvalidCatalogName:
+        return {}
+
+
+# ------------------------------------------------------------------------- removal
+
+
+def delete_dag_runs(settings, keep: set[tuple[str, str]]) -> int:
+    """The runs `airflow dags test` created since the snapshot (task rows cascade)."""
+    from rakuten_mlops.storage import connect
+
+    with connect(settings, database=settings.airflow_db) as conn:
+        runs = conn.execute(
+            "SELECT id, dag_id, run_id FROM dag_run WHERE run_type <> ALL(%s)",
+            (list(USER_RUN_TYPES),),
+        ).fetchall()
+        ids = [r[0] for r in runs if (r[1], r[2]) not in keep]
+        if ids:
+            conn.execute("DELETE FROM dag_run WHERE id = ANY(%s)", (ids,))
+    return len(ids)
+
+
+def remove_mlflow(settings, before: Snapshot, after: Snapshot) -> tuple[int, int]:
+    """Delete the models and, for good, the experiments created since `before`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    models = after.models - before.models
+    for name in models:
+        with contextlib.suppress(Exception):  # gone already (a fixture's own cleanup)
+            client.delete_registered_model(name)
+    known = {e[0] for e in before.experiments}
+    experiments = sorted({e[0] for e in after.experiments if e[0] not in known})
+    for experiment_id in experiments:
+        with contextlib.suppress(Exception):  # soft-deleted already
+            client.delete_experiment(experiment_id)
+    if experiments:
+        hard_delete_experiments(settings, experiments)
+    return len(models), len(experiments)
+
+
+def hard_delete_experiments(settings, experiment_ids: list[str]) -> None:
+    """`mlflow gc` in this process: the store URI holds a password, never on a command line."""
+    from mlflow.cli import gc
+
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    gc.main(
+        ["--backend-store-uri", settings.postgres_dsn(settings.mlflow_db),
+         "--experiment-ids", ",".join(experiment_ids)],
+        standalone_mode=False,
+    )
+
+
+def test_buckets(settings) -> set[str]:
+    """Buckets only tests create (TEST_OVERRIDES and the suites' `-ingest`, `-quality`...)."""
+    from rakuten_mlops.storage import s3_client
+
+    return {b.name for b in s3_client(settings).list_buckets() if b.name.startswith(TEST_PREFIX)}
+
+
+def test_databases(settings, test_settings) -> set[str]:
+    """The session's database and the suites' own (`<it>_ingest`, `<it>_quality`...)."""
+    return {r[0] for r in _rows(settings, "postgres", "SELECT datname FROM pg_database")
+            if r[0].startswith(test_settings.postgres_db)}
+
+
+def remove_buckets(settings, names: set[str]) -> None:
+    from minio.deleteobjects import DeleteObject
+
+    from rakuten_mlops.storage import s3_client
+
+    client = s3_client(settings)
+    for bucket in names:
+        if not client.bucket_exists(bucket):
+            continue
+        objects = (DeleteObject(o.object_name, o.version_id) for o in client.list_objects(
+            bucket, recursive=True, include_version=True))
+        errors = list(client.remove_objects(bucket, objects))
+        assert not errors, f"could not empty {bucket}: {errors[:3]}"
+        client.remove_bucket(bucket)
+
+
+def drop_databases(settings, names: set[str]) -> None:
+    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+
+    with psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True) as conn:
+        for name in sorted(names):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+@dataclass
+class NoTrace:
+    settings: Any  # the user's
+    test_settings: Any
+    before: Snapshot
+    removed: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, test_settings) -> NoTrace:
+        settings = user_settings(test_settings)
+        return cls(settings, test_settings, Snapshot.take(settings, test_settings))
+
+    def clean(self) -> Snapshot:
+        """Remove what the session created; return the snapshot taken before removal.
+
+        Test databases and buckets go by name (an older session's leftovers too); Airflow
+        runs and MLflow entities by difference with the first snapshot."""
+        during = Snapshot.take(self.settings, self.test_settings)
+        self.removed["dag_runs"] = delete_dag_runs(self.settings, self.before.dag_runs)
+        models, experiments = remove_mlflow(self.settings, self.before, during)
+        self.removed["models"], self.removed["experiments"] = models, experiments
+        created = test_buckets(self.settings)
+        remove_buckets(self.settings, created)
+        self.removed["buckets"] = len(created)
+        databases = test_databases(self.settings, self.test_settings)
+        drop_databases(self.settings, databases)
+        self.removed["databases"] = len(databases)
+        return during
+
+    def finish(self) -> None:
+        """Clean up, then fail (naming each difference) if the user's stack changed."""
+        self.clean()
+        left = self.before.differences(Snapshot.take(self.settings, self.test_settings))
+        print(f"[no-trace] removed {self.removed}")
+        assert not left, "the tests left a trace in the user's stack:\n" + "\n".join(left)

@@ -177,14 +177,14 @@ def hard_delete_experiments(settings, experiment_ids: list[str]) -> None:
     )
 
 
-def test_buckets(settings) -> set[str]:
+def owned_buckets(settings) -> set[str]:
     """Buckets only tests create (TEST_OVERRIDES and the suites' `-ingest`, `-quality`...)."""
     from rakuten_mlops.storage import s3_client
 
     return {b.name for b in s3_client(settings).list_buckets() if b.name.startswith(TEST_PREFIX)}
 
 
-def test_databases(settings, test_settings) -> set[str]:
+def owned_databases(settings, test_settings) -> set[str]:
     """The session's database and the suites' own (`<it>_ingest`, `<it>_quality`...)."""
     return {r[0] for r in _rows(settings, "postgres", "SELECT datname FROM pg_database")
             if r[0].startswith(test_settings.postgres_db)}
@@ -236,10 +236,10 @@ class NoTrace:
         self.removed["dag_runs"] = delete_dag_runs(self.settings, self.before.dag_runs)
         models, experiments = remove_mlflow(self.settings, self.before, during)
         self.removed["models"], self.removed["experiments"] = models, experiments
-        created = test_buckets(self.settings)
+        created = owned_buckets(self.settings)
         remove_buckets(self.settings, created)
         self.removed["buckets"] = len(created)
-        databases = test_databases(self.settings, self.test_settings)
+        databases = owned_databases(self.settings, self.test_settings)
         drop_databases(self.settings, databases)
         self.removed["databases"] = len(databases)
         return during

@@ -16,10 +16,10 @@ import pytest
 
 from tests.support.cleanup import (
     Snapshot,
-    remove_buckets,
-    remove_mlflow,
     owned_buckets,
     owned_databases,
+    remove_buckets,
+    remove_mlflow,
     user_settings,
 )
 

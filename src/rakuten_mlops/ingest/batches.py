@@ -145,7 +145,7 @@ def lake_summary(settings: Settings) -> dict:
     """What the whole lake holds: counts a person (or `make demo`) can check at a glance."""
     with connect(settings) as conn:
         if conn.execute("SELECT to_regclass('load_batches')").fetchone()[0] is None:
-            return {"error": "the lake schema does not exist yet: run the ingest first"}
+            return {"error": "the lake schema does not exist yet: run `rakuten-mlops migrate`"}
         count = lambda table: _scalar(conn, f"SELECT count(*) FROM {table}")  # noqa: E731
         return {
             "database": settings.postgres_db,

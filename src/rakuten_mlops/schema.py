@@ -103,6 +103,18 @@ def ensure_roles(conn: psycopg.Connection, roles: dict[str, str]) -> list[str]:
     return created
 
 
+def service_roles(settings) -> dict[str, str]:
+    """{role: password} of the API and Grafana (those whose password is configured)."""
+    return {
+        user: password.get_secret_value()
+        for user, password in (
+            (settings.postgres_api_user, settings.postgres_api_password),
+            (settings.postgres_grafana_user, settings.postgres_grafana_password),
+        )
+        if password is not None
+    }
+
+
 def grant_privileges(conn: psycopg.Connection, api_role: str, grafana_role: str) -> list[str]:
     """Grant the API and Grafana roles exactly their rights on this database's tables.
 
@@ -152,6 +164,12 @@ def migrate_lake(settings, conn: psycopg.Connection | None = None) -> dict:
 
     def apply(connection: psycopg.Connection) -> dict:
         applied = migrate(connection)
+        # Compose: the owner is the cluster's superuser and creates the roles itself (in
+        # local mode the stack's bootstrap does, as `postgres`).
+        if connection.execute(
+            "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()[0]:
+            ensure_roles(connection, service_roles(settings))
         granted = grant_privileges(
             connection, settings.postgres_api_user, settings.postgres_grafana_user
         )

@@ -299,7 +299,9 @@ def test_grafana_provisions_lake_and_prometheus_datasources():
     assert {"lake", "prometheus"} <= set(datasources)
     lake = datasources["lake"]
     assert lake["url"] == "postgres:5432"
-    assert lake["secureJsonData"]["password"] == "${POSTGRES_PASSWORD}"
+    # Grafana reads the lake as its read-only role (tests/platform/test_database_roles.py).
+    assert lake["user"] == "${POSTGRES_GRAFANA_USER}"
+    assert lake["secureJsonData"]["password"] == "${POSTGRES_GRAFANA_PASSWORD}"
     assert "password" not in lake.get("jsonData", {})
     assert datasources["prometheus"]["url"] == "http://prometheus:9090"
 

@@ -1,7 +1,8 @@
 """Every query of every dashboard, run for real after the drift run (conftest.drift_run).
 
 Grafana cannot run here, so each SQL panel query is expanded the way Grafana expands its
-macros and run against the PostgreSQL lake the pipeline and the drift job wrote, and
+macros and run, as Grafana's read-only role (rakuten_grafana), against the PostgreSQL lake
+the pipeline and the drift job wrote, and
 must return rows (time-series panels: `time`, `metric`, `value` columns). Each PromQL
 expression is evaluated on a real Prometheus scraping the real API after real traffic
 (a private one at a 1 s scrape interval, configured by local mode's prometheus_config),
@@ -41,7 +42,11 @@ def test_sql_panel_returns_rows(drift_run, query):
     assert drift_run.result.returncode == 0, drift_run.log[-3000:]
     start, end = drift_run.interval
     sql = expand_sql(query.query, start - timedelta(days=30), end + timedelta(days=1))
-    with connect(drift_run.settings) as conn, conn.cursor() as cur:
+    # As Grafana's own read-only role, as compose's datasource connects.
+    lake = drift_run.settings
+    grafana = lake.model_copy(update={"postgres_user": lake.postgres_grafana_user,
+                                      "postgres_password": lake.postgres_grafana_password})
+    with connect(grafana) as conn, conn.cursor() as cur:
         cur.execute(sql)
         columns = [c.name for c in cur.description]
         found = cur.fetchall()

@@ -44,17 +44,9 @@ def bootstrap_postgres(settings: Settings, hba_file: Path, owner: str | None) ->
 
 def ensure_service_roles(conn: psycopg.Connection, settings: Settings) -> None:
     """The API's and Grafana's least-privilege roles, passwords kept in sync with .env."""
-    from rakuten_mlops.schema import ensure_roles
+    from rakuten_mlops.schema import ensure_roles, service_roles
 
-    roles = {
-        user: password.get_secret_value()
-        for user, password in (
-            (settings.postgres_api_user, settings.postgres_api_password),
-            (settings.postgres_grafana_user, settings.postgres_grafana_password),
-        )
-        if password is not None
-    }
-    ensure_roles(conn, roles)
+    ensure_roles(conn, service_roles(settings))
 
 
 def bootstrap_lake(settings: Settings) -> None:

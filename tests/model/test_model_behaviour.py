@@ -43,10 +43,20 @@ def test_the_class_does_not_change_with_how_the_text_is_written(model, test_rows
     assert not differ, f"{variant}: {len(differ)} products changed class, e.g. {differ[:3]}"
 
 
-# Real designations of the held-out split, one per class a shopper would not hesitate on.
+# Real designations of the held-out split (the model never saw them), each the kind of
+# product nobody would hesitate on. Books and video games are split by the catalogue into
+# new and used, which the text does not say: either of the two is the obvious class.
+BOOK, VIDEO_GAME = {10, 2705}, {40, 2462}
 OBVIOUS = {
-    "Pompe de filtration pour piscine hors sol": 2583,  # pool and accessories
-    "Bâche hiver pour piscine ronde - Bleu": 2583,
+    "Piscine tubulaire Bestway Hydrium 610 x 360 x 120 m": {2583},  # pool
+    "Brosse de Perche Pour Parois et Sol Piscine": {2583},
+    "Sony Dualshock 4 V2 - Gamepad - Sans Fil - Bluetooth - Bleu - Pour Sony Playstation 4":
+        {50},  # gaming accessory
+    "Carte Pokemon - Pandespiégle - Pv 60 - 71/122 - Commune - Vf": {1160},  # trading card
+    "Housse De Couette 140x200 Wish + Taie 100% Coton 57 Fils": {1920},  # bed linen
+    "Clairefontaine  Lot De 20 Cahiers Piqué Polypro 17x22 Cm 32 P Séyès 90g Vert": {2522},
+    "Esthétique De Hegel (Les Fiches De Lecture D'universalis)": BOOK,
+    "Zumba Fitness : Rush (Jeu Kinect) [Import Allemand] [Jeu Xbox 360]": VIDEO_GAME,
 }
 
 
@@ -55,7 +65,7 @@ def test_an_obvious_product_lands_in_the_obvious_class(model, designation):
     import pandas as pd
 
     products = pd.DataFrame({"designation": [designation], "description": [""]})
-    assert predict(model, products) == [OBVIOUS[designation]]
+    assert predict(model, products)[0] in OBVIOUS[designation]
 
 
 def test_the_model_keeps_its_score_on_the_held_out_products(model, test_rows):

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 from qualityhelpers import (
     dags_test,
+    delete_champion,
     ensure_database,
     quality_settings,
     reset,
@@ -185,7 +186,5 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
         if prometheus is not None:
             prometheus.stop()
             shutil.rmtree(prometheus.root, ignore_errors=True)
-        client = model["client"] if "model" in locals() else None
-        if client is not None:
-            client.delete_registered_model(name)
-            client.delete_run(model["run_id"])
+        if "model" in locals():
+            delete_champion(lake, model)

@@ -129,6 +129,8 @@ def train_champion(
     from sklearn.linear_model import SGDClassifier
     from sklearn.pipeline import Pipeline
 
+    from rakuten_mlops.model_trust import trust_version
+
     frame = dataset.frame[dataset.frame["subset"].isin(subsets)]
     texts = (frame["designation"] + " " + frame["description"].fillna("")).tolist()
     pipeline = Pipeline(
@@ -158,8 +160,19 @@ def train_champion(
             pip_requirements=[],
             serialization_format="cloudpickle",
         )
+    # As promotion does: the API loads only a version whose checksum was recorded.
+    trust_version(settings, name, "1", run.info.run_id, reason="data-quality test champion")
     client.set_registered_model_alias(name, "champion", "1")
     return {"name": name, "run_id": run.info.run_id, "client": client}
+
+
+def delete_champion(settings, model: dict) -> None:
+    """Remove what `train_champion` made: the registered model, its run, its checksum."""
+    from rakuten_mlops.model_trust import forget
+
+    model["client"].delete_registered_model(model["name"])
+    model["client"].delete_run(model["run_id"])
+    forget(settings, model["name"])
 
 
 def dags_test(settings, logical_date: str, timeout: int = 900) -> subprocess.CompletedProcess:

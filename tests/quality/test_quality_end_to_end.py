@@ -233,7 +233,7 @@ def test_without_a_champion_the_lake_is_the_reference(drift_run):
 
 def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
     """A champion trained on train + validation is compared with both, not train alone."""
-    from qualityhelpers import train_champion
+    from qualityhelpers import delete_champion, train_champion
 
     from rakuten_mlops import monitoring
     from rakuten_mlops.preprocess import load_dataset
@@ -254,5 +254,4 @@ def test_the_reference_is_every_subset_the_champion_trained_on(drift_run):
         assert sorted(products["productid"]) == sorted(trained_on)
         assert len(products) > 807  # more than batch 1's train subset alone
     finally:
-        model["client"].delete_registered_model(name)
-        model["client"].delete_run(model["run_id"])
+        delete_champion(settings, model)

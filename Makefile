@@ -8,7 +8,10 @@ REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constr
 
 .PHONY: setup up down status demo test bench lint clean-stack
 
-setup: $(STAMP) .env
+# init-env runs every time: it creates .env once with fresh secrets, then only adds
+# settings a newer .env.example introduced (never rotates: that would lock out the data).
+setup: $(STAMP)
+	@$(CLI) init-env
 
 # Bytecode is compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every
 # Airflow task, test subprocess and service would otherwise recompile all it imports.
@@ -19,10 +22,6 @@ $(STAMP): $(REQUIREMENTS) scripts/install-system-deps.sh
 		-r requirements.txt -r requirements_ml.txt -r requirements_dev.txt -e .
 	touch $@
 
-# Created once with fresh secrets, then only extended: rotating would lock out the data.
-.env: .env.example | $(STAMP)
-	$(CLI) init-env
-	@touch $@
 
 up: setup
 	$(CLI) stack up

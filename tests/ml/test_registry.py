@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
-
 from rakuten_mlops.ml import export, stages
+from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
 

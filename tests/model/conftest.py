@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rakuten_mlops.preprocess import frame_from_csv
-from rakuten_mlops.train import family_pipeline, load_profile, split_xy, training_rows
+from rakuten_mlops.ml.dataset import frame_from_csv
+from rakuten_mlops.ml.profile import load_profile
+from rakuten_mlops.ml.train import family_pipeline, split_xy, training_rows
 
 SAMPLE = Path(__file__).resolve().parents[2] / "raw_data"
 

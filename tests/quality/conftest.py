@@ -33,7 +33,6 @@ from tests.support.quality import (
     delete_champion,
     ensure_database,
     quality_settings,
-    record_test_promotion,
     reset,
     shifted_sample,
     train_champion,
@@ -112,6 +111,7 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
     from rakuten_mlops.ingest import run_ingest
     from rakuten_mlops.localstack.services import prometheus_config
     from rakuten_mlops.ml.dataset import prepare_dataset
+    from rakuten_mlops.ml.promotion import record_promotion
     from rakuten_mlops.storage import connect
     from tests.support.serving import ApiServer, PrivatePrometheus, wait_for
 
@@ -164,7 +164,7 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
                 )
 
         wait_for(logged, 30, what="inference log rows written")
-        record_test_promotion(
+        record_promotion(
             lake,
             {
                 "model_name": name,

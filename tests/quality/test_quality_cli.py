@@ -62,9 +62,8 @@ def test_a_bad_thresholds_file_ends_with_one_line_naming_the_key(quality_lake, t
 
 def test_an_unmigrated_lake_is_named_not_migrated_behind_the_users_back(quality_lake):
     """The job no longer migrates: a lake without its tables gets one line saying so."""
-    from qualityhelpers import reset
-
     from rakuten_mlops.storage import connect
+    from tests.support.quality import reset
 
     reset(quality_lake)  # an empty schema: no table at all
     result = _data_quality(quality_lake)

@@ -64,8 +64,7 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
     from rakuten_mlops.serving.inference_log import COLUMNS, Entry, features
 
     rows = sample.iloc[:300]
-    mine = signals.language_guesser(settings.path(settings.nltk_data_dir))  # the job's, NLTK-free
-    ours = signals.text_features(rows["designation"], rows["description"], mine)
+    ours = signals.text_features(rows["designation"], rows["description"], guesser)
     for i, (designation, description) in enumerate(
         zip(rows["designation"], rows["description"], strict=True)
     ):
@@ -96,25 +95,6 @@ def test_features_equal_what_the_inference_log_records(sample, guesser, settings
             "text_sha256": job["text_key"],
         }
         assert {name: recorded[name] for name in expected} == expected, i
-
-
-def test_stopwords_are_nltks_without_importing_nltk(settings):
-    from rakuten_mlops.ml.text import read_stopwords as nltk_stopwords
-
-    folder = settings.path(settings.nltk_data_dir)
-    for language in ("french", "english", "german"):
-        assert signals.read_stopwords(folder, (language,)) == nltk_stopwords(folder, (language,))
-    assert signals.read_stopwords(folder) == nltk_stopwords(folder, ("french", "english", "german"))
-
-
-def test_the_jobs_language_guesser_is_the_inference_logs(settings, guesser, sample):
-    from rakuten_mlops.ml.text import normalise
-
-    mine = signals.language_guesser(settings.path(settings.nltk_data_dir))
-    assert mine.stopwords == guesser.stopwords
-    words = [w for words in guesser.stopwords.values() for w in words]
-    texts = words + sample["designation"].tolist()[:500] + ["&amp;eacute;t&eacute; <b>x</b>"]
-    assert [signals._normalise(t) for t in texts] == [normalise(t) for t in texts]
 
 
 def test_token_counts_follow_their_definition(sample):

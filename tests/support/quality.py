@@ -124,7 +124,7 @@ def train_champion(
     from sklearn.linear_model import SGDClassifier
     from sklearn.pipeline import Pipeline
 
-    from rakuten_mlops.model_trust import trust_version
+    from rakuten_mlops.ml.trust import trust_version
 
     frame = dataset.frame[dataset.frame["subset"].isin(subsets)]
     texts = (frame["designation"] + " " + frame["description"].fillna("")).tolist()
@@ -163,29 +163,11 @@ def train_champion(
 
 def delete_champion(settings, model: dict) -> None:
     """Remove what `train_champion` made: the registered model, its run, its checksum."""
-    from rakuten_mlops.model_trust import forget
+    from rakuten_mlops.ml.trust import forget
 
     model["client"].delete_registered_model(model["name"])
     model["client"].delete_run(model["run_id"])
     forget(settings, model["name"])
-
-
-def record_test_promotion(settings, decision: dict) -> None:
-    """One row of model_promotions for the Model dashboard's queries, inserted directly:
-    the quality side no longer writes promotion records (their owner is the ML side's
-    promotion module; TODO(integrator): rakuten_mlops.ml.promotion.record_promotion)."""
-    from psycopg.types.json import Jsonb
-
-    from rakuten_mlops.storage import connect
-
-    columns = ("model_name", "version", "run_id", "alias", "promoted", "test_f1_weighted",
-               "cv_f1_weighted", "best_family", "dataset_id", "reason")
-    with connect(settings) as conn:
-        conn.execute(
-            f"INSERT INTO model_promotions ({', '.join(columns)}, details)"
-            f" VALUES ({', '.join(['%s'] * (len(columns) + 1))})",
-            (*(decision.get(c) for c in columns), Jsonb(decision)),
-        )
 
 
 def dags_test(settings, logical_date: str, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -256,7 +256,7 @@ class Supervisor:
         log = self.log_dir / "watchdog.log"
         report(f"starting the watchdog (log: {log})")
         with open(log, "ab") as handle:
-            proc = subprocess.Popen(
+            pid = spawn_detached(
                 [sys.executable, "-m", "rakuten_mlops", "stack", "watch"],
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
@@ -264,21 +264,22 @@ class Supervisor:
                 cwd=self.root.parent,
                 start_new_session=True,  # outlives `up`, like the services
             )
-        write_pid_file(self.watchdog_pid_file, proc.pid)
+        write_pid_file(self.watchdog_pid_file, pid)
 
     def stop_watchdog(self, report=print) -> bool:
         proc = self.watchdog_process()
         if proc:
             report(f"stopping the watchdog (pid {proc.pid})")
             # It finishes the restart it may be doing (under the lock), then exits. Only
-            # the watchdog itself: the services it restarted are its children, and they
-            # keep running (each in its own session) until `down` stops them in order.
+            # the watchdog itself: the services it restarted are not its children (see
+            # `spawn_detached`), and they keep running until `down` stops them in order.
             proc.terminate()
             try:
                 proc.wait(timeout=STOP_TIMEOUT)
             except psutil.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+                psutil.wait_procs([proc], timeout=STOP_TIMEOUT)
         self.watchdog_pid_file.unlink(missing_ok=True)
         return proc is not None
 
@@ -299,17 +300,20 @@ class Supervisor:
                 f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode()
             )
             log.flush()
-            proc = subprocess.Popen(
-                service.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.root.parent,
-                **drop_privileges(service.user),
-                start_new_session=True,  # its own process group: `down` stops all of it
-            )
-        write_pid_file(self._pid_file(service), proc.pid)
+            try:
+                pid = spawn_detached(
+                    service.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=self.root.parent,
+                    **drop_privileges(service.user),
+                    start_new_session=True,  # its own process group: `down` stops all of it
+                )
+            except OSError as exc:
+                raise StackError(f"{service.name} could not be started: {exc}") from exc
+        write_pid_file(self._pid_file(service), pid)
 
     def _run_step(self, service: Service, step, what: str) -> None:
         try:
@@ -367,8 +371,42 @@ class Supervisor:
         return stopped
 
 
+def spawn_detached(command: list[str], **popen_kwargs) -> int:
+    """Start `command` as a grandchild whose parent exits at once; returns its pid.
+
+    A service must not stay the child of whoever ran `up` or `restart` (the pytest
+    session, the watchdog): killed, it would stay a zombie until that caller waits for
+    it, and a zombie keeps its pid alive. PostgreSQL then refuses to start again, its
+    lock file naming a postmaster that still "exists". Orphaned, it is reaped by init.
+    """
+    read_end, write_end = os.pipe()
+    intermediate = os.fork()
+    if intermediate == 0:
+        status = 0
+        try:
+            os.close(read_end)
+            proc = subprocess.Popen(command, **popen_kwargs)
+            os.write(write_end, f"{proc.pid}".encode())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+            os.write(write_end, f"error {exc}".encode()[:4000])
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode(errors="replace")
+    os.waitpid(intermediate, 0)
+    if not answer.isdigit():
+        raise OSError(answer.removeprefix("error ") or "the launcher exited without a pid")
+    return int(answer)
+
+
 def write_pid_file(path: Path, pid: int) -> None:
-    path.write_text(f"{pid} {psutil.Process(pid).create_time()}")
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0  # exited already: no live process will ever match this record
+    path.write_text(f"{pid} {created}")
 
 
 def live_process(pid_file: Path) -> psutil.Process | None:

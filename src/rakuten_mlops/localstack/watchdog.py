@@ -24,7 +24,6 @@ supervisor's lock, so the two never fight.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -85,7 +84,6 @@ class Watchdog:
         self.log("stopped")
 
     def tick(self, now: float) -> None:
-        reap_exited_children()
         for service in self.supervisor.services:
             if self.stopping.is_set():
                 return
@@ -126,18 +124,6 @@ class Watchdog:
         count = self.supervisor.count_restart(service)
         self.log(f"restarted {service.name} (restart #{count})")
         return True
-
-
-def reap_exited_children() -> None:
-    """The services the watchdog restarts are its children: collect those that exited,
-    or they stay zombies (and their pids taken) until the watchdog stops."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def timestamped(line: str) -> None:

@@ -2,7 +2,7 @@
 
 The training data of the current champion: the subsets its run trained on
 (`train_subsets`) of the dataset version (`dataset_id` tag of the `MODEL_NAME@champion`
-version or of its run; `rakuten_mlops.preprocess.load_dataset`). Without a champion, the
+version or of its run; `rakuten_mlops.ml.dataset.load_dataset`). Without a champion, the
 lake's own labelled `train` products: for a load batch those of *earlier* batches (the
 first batch has no reference: quality only), for the inference log all of them. Each
 window row says which reference it used (`reference_kind`, `reference_id`,
@@ -20,7 +20,7 @@ from minio.error import S3Error
 
 # The quality job reads the ML side (the champion, its dataset); ML never imports quality.
 from rakuten_mlops import registry
-from rakuten_mlops.preprocess import load_dataset
+from rakuten_mlops.ml.dataset import load_dataset
 from rakuten_mlops.quality.config import QualityConfig, settings_config
 from rakuten_mlops.quality.errors import QualityError
 from rakuten_mlops.quality.features import FEATURES_VERSION, Profile, product_profile

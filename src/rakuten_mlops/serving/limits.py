@@ -53,19 +53,25 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send_unless_refused)
 
     async def _refuse(self, send) -> None:
-        body = b'{"detail":"request body too large"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_closing_error(send, 413, b"request body too large")
+
+
+async def send_closing_error(send, status: int, detail: bytes) -> None:
+    """A JSON `{"detail": ...}` error that also closes the connection: what follows on it
+    (the rest of an oversized request) is not read."""
+    body = b'{"detail":"%s"}' % detail
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class HeaderLimitMiddleware:
@@ -84,19 +90,7 @@ class HeaderLimitMiddleware:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and (problem := self._problem(scope)):
-            body = b'{"detail":"%s"}' % problem
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 431,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_closing_error(send, 431, problem)
             return
         await self.app(scope, receive, send)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from minio.error import S3Error
 
 # The quality job reads the ML side (the champion, its dataset); ML never imports quality.
-from rakuten_mlops import registry
+from rakuten_mlops.ml import registry
 from rakuten_mlops.ml.dataset import load_dataset
 from rakuten_mlops.quality.config import QualityConfig, settings_config
 from rakuten_mlops.quality.errors import QualityError

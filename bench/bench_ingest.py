@@ -105,7 +105,7 @@ def admin_connection(settings):
     """The local cluster's superuser over its socket (creating databases needs it)."""
     import psycopg
 
-    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+    from rakuten_mlops.localstack.postgres import postgres_superuser_kwargs
 
     return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 

@@ -95,7 +95,7 @@ def window_frame(reference):
 def admin_connection(settings):
     import psycopg
 
-    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+    from rakuten_mlops.localstack.postgres import postgres_superuser_kwargs
 
     return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 

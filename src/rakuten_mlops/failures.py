@@ -20,11 +20,13 @@ def scrub(text: str) -> str:
 
 def service_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean a store is unreachable or refused the work, not a bug."""
+    # Inside: every CLI command imports this module; the clients load only when one
+    # actually handles a service error.
     import psycopg
     import urllib3
     from minio.error import MinioException
 
-    from rakuten_mlops.schema import SchemaMissing
+    from rakuten_mlops.schema import SchemaMissing  # loads psycopg too: deferred with them
 
     # UndefinedTable: a lake never migrated (only `migrate` changes the schema).
     return (psycopg.OperationalError, psycopg.errors.UndefinedTable, SchemaMissing,
@@ -33,6 +35,8 @@ def service_errors() -> tuple[type[BaseException], ...]:
 
 def describe(exc: BaseException) -> str:
     """One readable line for `exc`: which service failed and why."""
+    # Inside: every CLI command imports this module; the clients load only when one
+    # actually handles a service error.
     import psycopg
     import urllib3
 

@@ -11,6 +11,8 @@ from importlib import resources
 
 import psycopg
 
+from rakuten_mlops.storage import connect
+
 MIGRATIONS_PACKAGE = "rakuten_mlops.sql"
 _LOCK_KEY = 0x52414B55  # arbitrary, project-wide
 
@@ -160,8 +162,6 @@ def grant_privileges(conn: psycopg.Connection, api_role: str, grafana_role: str)
 def migrate_lake(settings, conn: psycopg.Connection | None = None) -> dict:
     """What `rakuten-mlops migrate`, the stack's start-up and the DAGs' first task run:
     pending migrations, then the service roles' grants. As the lake's owner role."""
-    from rakuten_mlops.storage import connect
-
     def apply(connection: psycopg.Connection) -> dict:
         applied = migrate(connection)
         # Compose: the owner is the cluster's superuser and creates the roles itself (in

@@ -82,7 +82,8 @@ def ml_env(lake) -> dict[str, str]:
 
 
 def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = None):
-    from rakuten_mlops.localstack.services import airflow_env, venv_bin
+    from rakuten_mlops.localstack.service import venv_bin
+    from rakuten_mlops.localstack.services import airflow_env
 
     env = {**env, **airflow_env(settings)}
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"

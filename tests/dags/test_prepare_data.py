@@ -21,7 +21,8 @@ DATA_TABLES = ("products", "labels", "categories", "dataset_split", "images", "r
 
 
 def dags_test(lake, settings) -> subprocess.CompletedProcess:
-    from rakuten_mlops.localstack.services import airflow_env, venv_bin
+    from rakuten_mlops.localstack.service import venv_bin
+    from rakuten_mlops.localstack.services import airflow_env
 
     env = {**lake.env, **airflow_env(settings)}
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"

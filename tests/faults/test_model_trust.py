@@ -479,7 +479,7 @@ def test_an_mlflow_database_outage_is_named_in_ready(settings, tmp_path):
     A private PostgreSQL cluster holds a private MLflow server's store and the API's
     lake; the cluster is stopped under them.
     """
-    from rakuten_mlops.localstack.services import venv_bin
+    from rakuten_mlops.localstack.service import venv_bin
     from tests.support.serving import PrivatePostgres
 
     postgres = PrivatePostgres(tmp_path / "pg", user="outage", database="mlflow").init()

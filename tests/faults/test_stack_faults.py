@@ -34,7 +34,7 @@ import psycopg
 import pytest
 from dotenv import dotenv_values
 
-from rakuten_mlops.localstack.services import (
+from rakuten_mlops.localstack.postgres import (
     PG_HBA,
     grant_traverse,
     postgres_bin,
@@ -42,8 +42,8 @@ from rakuten_mlops.localstack.services import (
     postgres_service,
     postgres_socket_dir,
     postgres_superuser_kwargs,
-    state_dir,
 )
+from rakuten_mlops.localstack.service import state_dir
 from rakuten_mlops.localstack.supervisor import Supervisor
 from rakuten_mlops.settings import env_file, settings_environment
 

@@ -145,7 +145,7 @@ def test_migrate_command_is_idempotent_and_says_what_it_did(lake):
 def test_a_lake_never_migrated_says_to_run_migrate_in_one_line(lake):
     """Only `migrate` changes the schema: a path on an empty lake says what to run."""
     from rakuten_mlops.failures import describe, service_errors
-    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+    from rakuten_mlops.localstack.postgres import postgres_superuser_kwargs
     from rakuten_mlops.storage import connect
 
     empty = f"{lake.postgres_db}_empty"

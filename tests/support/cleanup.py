@@ -207,7 +207,7 @@ def remove_buckets(settings, names: set[str]) -> None:
 
 
 def drop_databases(settings, names: set[str]) -> None:
-    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+    from rakuten_mlops.localstack.postgres import postgres_superuser_kwargs
 
     with psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True) as conn:
         for name in sorted(names):

@@ -29,7 +29,7 @@ SAMPLE = PROJECT / "raw_data"
 
 
 def _admin(settings) -> psycopg.Connection:
-    from rakuten_mlops.localstack.services import postgres_superuser_kwargs
+    from rakuten_mlops.localstack.postgres import postgres_superuser_kwargs
 
     return psycopg.connect(**postgres_superuser_kwargs(settings), autocommit=True)
 

@@ -172,7 +172,8 @@ def delete_champion(settings, model: dict) -> None:
 
 def dags_test(settings, logical_date: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """`airflow dags test data_quality <date>` with local mode's Airflow and these settings."""
-    from rakuten_mlops.localstack.services import airflow_env, venv_bin
+    from rakuten_mlops.localstack.service import venv_bin
+    from rakuten_mlops.localstack.services import airflow_env
 
     env = {**env_of(settings), **airflow_env(settings)}
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"

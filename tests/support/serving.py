@@ -131,7 +131,7 @@ class PrivatePostgres:
     """A throw-away PostgreSQL 15 cluster (trust auth, loopback) that a test can stop."""
 
     def __init__(self, root: Path, user: str, database: str):
-        from rakuten_mlops.localstack.services import postgres_user
+        from rakuten_mlops.localstack.postgres import postgres_user
 
         self.root = root
         self.data = root / "data"
@@ -143,12 +143,12 @@ class PrivatePostgres:
         self.process: subprocess.Popen | None = None
 
     def _privileges(self) -> dict:
-        from rakuten_mlops.localstack.services import drop_privileges
+        from rakuten_mlops.localstack.service import drop_privileges
 
         return drop_privileges(self.system_user)
 
     def init(self) -> PrivatePostgres:
-        from rakuten_mlops.localstack.services import postgres_bin
+        from rakuten_mlops.localstack.postgres import postgres_bin
 
         self.root.mkdir(parents=True, exist_ok=True)
         self.sockets.mkdir(exist_ok=True)
@@ -188,7 +188,7 @@ class PrivatePostgres:
         )
 
     def start(self) -> None:
-        from rakuten_mlops.localstack.services import postgres_bin
+        from rakuten_mlops.localstack.postgres import postgres_bin
 
         log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 - the server's lifetime
         self.process = subprocess.Popen(

@@ -9,284 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import yaml
 
+from rakuten_mlops.localstack.postgres import postgres_service
+from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
 from rakuten_mlops.ml.tracking import s3_client_env
+from rakuten_mlops.mlflow_auth import ensure_users, sqlite_uri, write_config
 from rakuten_mlops.settings import Settings, env_file, project_root
-
-POSTGRES_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin",)
-HTTP_TIMEOUT = 3.0
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    command: list[str]
-    url: str
-    healthy: Callable[[], bool]
-    env: dict[str, str] = field(default_factory=dict)
-    # Names of services that must be healthy before this one starts.
-    after: tuple[str, ...] = ()
-    # Runs before each start (idempotent: initdb, migrations, config files).
-    prepare: Callable[[], None] | None = None
-    # Runs once the service is healthy (idempotent: roles, databases, buckets).
-    bootstrap: Callable[[], None] | None = None
-    # Runs before `up` starts or checks anything: raises on settings it cannot do without.
-    preflight: Callable[[], None] | None = None
-    start_timeout: float = 120.0
-    stop_signal: str = "SIGTERM"
-    # Run as this system user (PostgreSQL refuses root).
-    user: str | None = None
-    ports: tuple[int, ...] = ()
-
-
-def venv_bin() -> Path:
-    return Path(sys.executable).parent
-
-
-def state_dir(settings: Settings) -> Path:
-    return settings.path(settings.stack_dir)
-
-
-def http_ok(url: str, **kwargs) -> bool:
-    try:
-        return httpx.get(url, timeout=HTTP_TIMEOUT, **kwargs).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-
-
-def postgres_bin(name: str) -> str:
-    for folder in POSTGRES_BIN_CANDIDATES:
-        if (candidate := Path(folder) / name).is_file():
-            return str(candidate)
-    if found := shutil.which(name):
-        return found
-    raise FileNotFoundError(f"PostgreSQL 15 `{name}` not found: run `make setup`")
-
-
-def postgres_user() -> str | None:
-    """PostgreSQL will not run as root; as root we run it as the `postgres` account."""
-    return "postgres" if os.geteuid() == 0 else None
-
-
-def drop_privileges(user: str | None) -> dict:
-    """Popen arguments that run a child as `user` with only that user's own group.
-
-    `user=` alone keeps root's group, whose permission bits then deny the child access
-    to root-owned folders it could traverse as "other".
-    """
-    if not user:
-        return {}
-    import pwd
-
-    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
-
-
-def postgres_socket_dir(settings: Settings) -> Path:
-    return state_dir(settings) / "postgres" / "run"
-
-
-def postgres_data_dir(settings: Settings) -> Path:
-    return state_dir(settings) / "postgres" / "data"
-
-
-# What `stack up` keeps in the cluster's pg_hba.conf: a password (SCRAM) on every
-# connection. The socket is private too, but a password does not depend on folder modes.
-PG_HBA = """\
-# Written by rakuten-mlops local mode (`stack up` restores it): a password (SCRAM) on
-# every connection, the local socket included.
-# TYPE  DATABASE  USER  ADDRESS       METHOD
-local   all       all                 scram-sha-256
-host    all       all   127.0.0.1/32  scram-sha-256
-host    all       all   ::1/128       scram-sha-256
-"""
-
-
-def postgres_superuser_password(settings: Settings) -> str:
-    if not settings.postgres_superuser_password or not (
-        settings.postgres_superuser_password.get_secret_value()
-    ):
-        raise RuntimeError(
-            "POSTGRES_SUPERUSER_PASSWORD is not set: run `make setup` (it adds it to .env)"
-        )
-    return settings.postgres_superuser_password.get_secret_value()
-
-
-def postgres_superuser_kwargs(settings: Settings) -> dict:
-    """`psycopg.connect` keywords for the local cluster's superuser over its socket.
-
-    The password goes as a keyword (libpq sends it over the socket), never in an argv.
-    """
-    return {
-        "host": str(postgres_socket_dir(settings)),
-        "port": settings.postgres_port,
-        "user": "postgres",
-        "password": postgres_superuser_password(settings),
-        "dbname": "postgres",
-    }
-
-
-def postgres_service(settings: Settings) -> Service:
-    data_dir = postgres_data_dir(settings)
-    socket_dir = postgres_socket_dir(settings)
-    user = postgres_user()
-
-    def preflight() -> None:
-        postgres_superuser_password(settings)  # raises, naming the setting, when unset
-
-    def secure_folders() -> None:
-        make_private_folder(state_dir(settings))
-        make_private_folder(data_dir.parent, user)
-        make_private_folder(socket_dir, user)
-        if user:  # after the chmods: a chmod resets the ACL mask
-            grant_traverse(user, state_dir(settings))
-
-    def prepare() -> None:
-        password = postgres_superuser_password(settings)  # fail before touching anything
-        secure_folders()
-        if not (data_dir / "PG_VERSION").is_file():
-            init_cluster(data_dir, user, password)
-
-    def healthy() -> bool:
-        import psycopg
-
-        try:
-            with psycopg.connect(**postgres_superuser_kwargs(settings), connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except (psycopg.Error, RuntimeError):  # RuntimeError: no password (preflight says so)
-            return False
-
-    def bootstrap() -> None:
-        from rakuten_mlops.localstack.bootstrap import bootstrap_postgres
-
-        # A server started by an older version keeps its open socket until it restarts.
-        secure_folders()
-        bootstrap_postgres(settings, data_dir / "pg_hba.conf", user)
-
-    return Service(
-        name="postgres",
-        command=[
-            postgres_bin("postgres"),
-            "-D",
-            str(data_dir),
-            "-p",
-            str(settings.postgres_port),
-            "-c",
-            f"listen_addresses={settings.bind_host}",
-            "-c",
-            f"unix_socket_directories={socket_dir}",
-            # Only the service account (and root) may even open the socket.
-            "-c",
-            "unix_socket_permissions=0700",
-        ],
-        url=f"postgresql://{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}",
-        healthy=healthy,
-        prepare=prepare,
-        bootstrap=bootstrap,
-        preflight=preflight,
-        start_timeout=60,
-        stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown
-        user=user,
-        ports=(settings.postgres_port,),
-    )
-
-
-def init_cluster(data_dir: Path, user: str | None, password: str) -> None:
-    """initdb with SCRAM everywhere; the superuser password passes through a 0600 file
-    owned by the service account (initdb reads `--pwfile`), removed right after."""
-    import subprocess
-
-    data_dir.mkdir(mode=0o700, exist_ok=True)
-    if user:
-        shutil.chown(data_dir, user)
-    password_file = data_dir.parent / "initdb-password"
-    password_file.unlink(missing_ok=True)
-    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(password + "\n")
-        if user:
-            shutil.chown(password_file, user)
-        result = subprocess.run(
-            [
-                postgres_bin("initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--auth=scram-sha-256",
-                f"--pwfile={password_file}",
-            ],
-            **drop_privileges(user),
-            check=False,
-            capture_output=True,
-            text=True,
-        )
-    finally:
-        password_file.unlink(missing_ok=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"initdb failed: {result.stderr.strip()}")
-
-
-def make_private_folder(folder: Path, owner: str | None = None) -> None:
-    """The folder exists, is 0700, and belongs to `owner` (default: whoever runs us)."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    if owner:
-        shutil.chown(folder, owner, owner_group(owner))
-
-
-def owner_group(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_gid
-
-
-def grant_traverse(user: str, folder: Path) -> None:
-    """Let exactly `user` (the postgres account) reach the data dir under `folder`.
-
-    A POSIX ACL entry `u:USER:x` on each folder on the way that others cannot traverse:
-    the folders stay closed to every other account (no `o+x`).
-    """
-    import pwd
-    import subprocess
-
-    uid = pwd.getpwnam(user).pw_uid
-    setfacl = shutil.which("setfacl") or "setfacl"
-    for current in [folder, *folder.parents]:
-        info = current.stat()
-        if info.st_uid == uid or info.st_mode & 0o001:
-            continue
-        try:
-            result = subprocess.run(
-                [setfacl, "-m", f"u:{user}:x", str(current)],
-                check=False,
-                capture_output=True,
-                text=True,
-            )
-            failure = result.stderr.strip() if result.returncode else ""
-        except FileNotFoundError:
-            failure = "setfacl not found"
-        if failure:
-            raise RuntimeError(
-                f"cannot let the {user} account traverse {current} ({failure}); install "
-                "Debian's `acl` (`make setup`) or keep the checkout on a file system with ACLs"
-            )
-
+from rakuten_mlops.storage import ensure_buckets, s3_client
 
 # --------------------------------------------------------------------------- S3
 
@@ -296,8 +33,6 @@ def s3_service(settings: Settings) -> Service:
     data_dir = state_dir(settings) / "s3" / "data"
 
     def healthy() -> bool:
-        from rakuten_mlops.storage import s3_client
-
         try:
             s3_client(settings).list_buckets()
             return True
@@ -305,8 +40,6 @@ def s3_service(settings: Settings) -> Service:
             return False
 
     def bootstrap() -> None:
-        from rakuten_mlops.storage import ensure_buckets, s3_client
-
         ensure_buckets(s3_client(settings), settings.buckets)
 
     secret = settings.s3_secret_key.get_secret_value()
@@ -391,7 +124,6 @@ def mlflow_service(settings: Settings) -> Service:
     config_file, users_db = mlflow_auth_paths(settings)
 
     def prepare() -> None:
-        from rakuten_mlops.mlflow_auth import ensure_users, sqlite_uri, write_config
 
         # prometheus_flask_exporter keeps multiprocess files here; stale ones confuse it.
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -510,8 +242,6 @@ def airflow_services(settings: Settings) -> list[Service]:
         return lambda: monitor().get(component, {}).get("status") == "healthy"
 
     def prepare_api_server() -> None:
-        from rakuten_mlops.localstack.bootstrap import migrate_airflow, write_airflow_passwords
-
         write_airflow_passwords(
             settings, Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
         )
@@ -673,3 +403,32 @@ def local_services(settings: Settings) -> list[Service]:
         *airflow_services(settings),
         api_service(settings),
     ]
+
+
+def write_airflow_passwords(settings: Settings, path: Path) -> None:
+    """SimpleAuthManager reads user passwords from this file; ours come from .env."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(
+            {settings.airflow_admin_user: settings.airflow_admin_password.get_secret_value()}
+        )
+    )
+    path.chmod(0o600)
+
+
+def migrate_airflow(settings: Settings, env: dict[str, str], airflow: str) -> None:
+    """`airflow db migrate`, skipped when this Airflow version already migrated the database."""
+    from importlib.metadata import version
+
+    marker = (
+        Path(env["AIRFLOW_HOME"])
+        / f".migrated-{version('apache-airflow-core')}-{settings.airflow_db}"
+    )
+    if marker.is_file():
+        return
+    result = subprocess.run(
+        [airflow, "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`airflow db migrate` failed:\n{result.stderr[-3000:]}")
+    marker.write_text("")

@@ -24,13 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from rakuten_mlops.localstack.services import (
-    Service,
-    drop_privileges,
-    local_services,
-    state_dir,
-    venv_bin,
-)
+from rakuten_mlops.localstack.service import Service, drop_privileges, state_dir, venv_bin
+from rakuten_mlops.localstack.services import local_services
 from rakuten_mlops.settings import Settings
 
 POLL_SECONDS = 0.5

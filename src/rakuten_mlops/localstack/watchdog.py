@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from rakuten_mlops.localstack.services import Service
+from rakuten_mlops.localstack.service import Service
 from rakuten_mlops.localstack.supervisor import StackError, Supervisor
 
 TICK_SECONDS = 1.0

@@ -22,6 +22,7 @@ from rakuten_mlops.serving.model import (
     configure_mlflow_client,
 )
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
 
 log = logging.getLogger("rakuten_mlops.serving.batch")
 
@@ -55,8 +56,6 @@ def predict_lake(
     model: LoadedModel | None = None,
 ) -> dict:
     """Classify the lake's `source_split` products; return the run's summary."""
-    from rakuten_mlops.storage import connect
-
     model = model or champion(settings)
     started = time.perf_counter()
     now = datetime.now(UTC)

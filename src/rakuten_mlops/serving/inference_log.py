@@ -29,6 +29,7 @@ import psycopg
 
 from rakuten_mlops.ml.text import LanguageGuesser
 from rakuten_mlops.settings import Settings
+from rakuten_mlops.storage import connect
 
 log = logging.getLogger("rakuten_mlops.serving.inference_log")
 
@@ -243,8 +244,6 @@ class InferenceLogWriter:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._close()
-            from rakuten_mlops.storage import connect
-
             self._conn = connect(
                 self.settings, connect_timeout=3, application_name=APPLICATION_NAME
             )
@@ -278,8 +277,6 @@ class InferenceLogWriter:
     def recent(self, limit: int) -> list[dict]:
         """The newest rows (own short connection; raises psycopg.Error when down)."""
         from psycopg.rows import dict_row
-
-        from rakuten_mlops.storage import connect
 
         with connect(self.settings, connect_timeout=3, row_factory=dict_row) as conn:
             rows = conn.execute(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from rakuten_mlops.cli.common import exits_on, log_progress, service_down
+from rakuten_mlops.cli.stack import stack_app
 from rakuten_mlops.errors import LakeError, PromotionError, RakutenError
 from rakuten_mlops.settings import (
     env_file,
@@ -21,38 +21,7 @@ from rakuten_mlops.settings import (
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-stack_app = typer.Typer(no_args_is_help=True, help="Local mode: the platform as local processes.")
 app.add_typer(stack_app, name="stack")
-
-
-@contextmanager
-def _exits_on(label: str, *errors: type[Exception]) -> Iterator[None]:
-    """The errors a command expects end it with `label: message` and exit code 1, without
-    a traceback; anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except errors as exc:
-        typer.secho(f"{label}: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from exc
-
-
-@contextmanager
-def _service_down(label: str) -> Iterator[None]:
-    """PostgreSQL or S3 unreachable (or refusing) ends the command with one line."""
-    from rakuten_mlops.failures import describe, service_errors
-
-    try:
-        yield
-    except service_errors() as exc:
-        typer.secho(f"{label}: {describe(exc)}", fg="red", err=True)
-        raise typer.Exit(1) from exc
-
-
-def _log_progress() -> None:
-    """Progress lines of long commands (the library's loggers) on stderr, timestamped."""
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 
 @app.command("init-env")
@@ -103,101 +72,9 @@ def mlflow_auth_setup(
     """Compose's MLflow entrypoint: the basic-auth ini and users, from the environment."""
     from rakuten_mlops.mlflow_auth import prepare_from_env
 
-    with _exits_on("mlflow-auth-setup", ValueError):
+    with exits_on("mlflow-auth-setup", ValueError):
         prepare_from_env(config)
     typer.echo(f"wrote {config}; MLflow users ready", err=True)
-
-
-@stack_app.command("up")
-def stack_up() -> None:
-    """Start every local service that is not running and wait until all are healthy."""
-    from rakuten_mlops.localstack.supervisor import StackError, Supervisor
-
-    supervisor = Supervisor(get_settings())
-    with _exits_on("make up failed", StackError):
-        started = supervisor.up()
-    typer.echo(f"started: {', '.join(started) if started else 'nothing (all already running)'}")
-    _print_status(supervisor)
-
-
-@stack_app.command("down")
-def stack_down() -> None:
-    """Stop exactly the processes `stack up` started."""
-    from rakuten_mlops.localstack.supervisor import Supervisor
-
-    stopped = Supervisor(get_settings()).down()
-    typer.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
-
-
-@stack_app.command("watch")
-def stack_watch() -> None:
-    """Restart services that die, with back-off (`stack up` runs this in the background)."""
-    from rakuten_mlops.localstack.supervisor import Supervisor
-    from rakuten_mlops.localstack.watchdog import Watchdog, timestamped
-
-    Watchdog(Supervisor(get_settings()), log=timestamped).run()
-
-
-@stack_app.command("stop")
-def stack_stop(name: Annotated[str, typer.Argument(help="A service, as `stack status` names it")]):
-    """Stop one service; the watchdog leaves it stopped until `stack start NAME` or `stack up`."""
-    from rakuten_mlops.localstack.supervisor import StackError, Supervisor
-
-    with _exits_on("stack stop failed", StackError):
-        stopped = Supervisor(get_settings()).stop_service(name)
-    typer.echo(f"{name}: {'stopped' if stopped else 'was not running'} (held until started)")
-
-
-@stack_app.command("start")
-def stack_start(name: Annotated[str, typer.Argument(help="A service, as `stack status` names it")]):
-    """Start one service (stopped with `stack stop`, say) and watch it again."""
-    from rakuten_mlops.localstack.supervisor import StackError, Supervisor
-
-    with _exits_on("stack start failed", StackError):
-        started = Supervisor(get_settings()).start_service(name)
-    typer.echo(f"{name}: {'started' if started else 'already running'}")
-
-
-@stack_app.command("status")
-def stack_status() -> None:
-    """Each service, its URL and health. Exits 1 unless all are healthy."""
-    from rakuten_mlops.localstack.supervisor import Supervisor
-
-    if not _print_status(Supervisor(get_settings())):
-        raise typer.Exit(1)
-
-
-def _print_status(supervisor) -> bool:
-    statuses = supervisor.status()
-    width = max(len(status.name) for status in statuses)
-    for status in statuses:
-        colour = {"healthy": "green", "unhealthy": "yellow"}.get(status.state, "red")
-        pid = f"pid {status.pid}" if status.pid else ""
-        held = " (stopped with `stack stop`)" if status.held else ""
-        typer.echo(
-            f"{status.name:<{width}}  "
-            + typer.style(f"{status.state:<9}", fg=colour)
-            + f"  restarts {status.restarts:<3}  {status.url}  {pid}{held}"
-        )
-    watchdog = supervisor.watchdog_process()
-    typer.echo(
-        f"watchdog: pid {watchdog.pid}, restarts services that die"
-        if watchdog
-        else typer.style("watchdog: not running (`stack up` starts it)", fg="yellow")
-    )
-    settings = supervisor.settings
-    typer.echo(
-        f"\ncredentials: {env_file()} (generated by `make setup`)\n"
-        f"  Airflow UI  user {settings.airflow_admin_user}, password AIRFLOW_ADMIN_PASSWORD\n"
-        f"  PostgreSQL  user {settings.postgres_user}, password POSTGRES_PASSWORD\n"
-        f"              superuser postgres, password POSTGRES_SUPERUSER_PASSWORD\n"
-        f"  S3          access key S3_ACCESS_KEY, secret S3_SECRET_KEY\n"
-        f"  MLflow      user {settings.mlflow_admin_user} (MLFLOW_ADMIN_PASSWORD) or read-only "
-        f"{settings.mlflow_reader_user} (MLFLOW_READER_PASSWORD)\n"
-        f"  API         header X-API-Key: API_CLIENT_KEY (predict) or API_ADMIN_KEY (admin)\n"
-        f"logs: {supervisor.log_dir}"
-    )
-    return all(status.state == "healthy" for status in statuses)
 
 
 @app.command(
@@ -206,7 +83,8 @@ def _print_status(supervisor) -> bool:
 )
 def airflow(ctx: typer.Context) -> None:
     """Run the `airflow` CLI with local mode's configuration, e.g. `airflow dags list`."""
-    from rakuten_mlops.localstack.services import airflow_env, venv_bin
+    from rakuten_mlops.localstack.service import venv_bin
+    from rakuten_mlops.localstack.services import airflow_env
 
     os.environ.update(airflow_env(get_settings()))
     binary = str(Path(venv_bin()) / "airflow")
@@ -222,7 +100,7 @@ def migrate_command() -> None:
     from rakuten_mlops.schema import migrate_lake
 
     settings = get_settings()
-    with _service_down("migrate"):
+    with service_down("migrate"):
         result = migrate_lake(settings)
     applied = ", ".join(result["applied"]) or "none (schema up to date)"
     typer.echo(f"{settings.postgres_db}: migrations applied now: {applied}; "
@@ -234,7 +112,7 @@ def _migrate_first(label: str, settings) -> None:
     DAG's first task does."""
     from rakuten_mlops.schema import migrate_lake
 
-    with _service_down(label):
+    with service_down(label):
         migrate_lake(settings)
 
 
@@ -255,12 +133,12 @@ def ingest(
 
     from rakuten_mlops.ingest import IngestError, default_run_id, run_ingest
 
-    _log_progress()
+    log_progress()
     settings = get_settings()
     if raw_dir is not None:
         settings = settings.model_copy(update={"raw_data_dir": raw_dir.resolve()})
     _migrate_first("ingest failed", settings)
-    with _exits_on("ingest failed", IngestError), _service_down("ingest failed"):
+    with exits_on("ingest failed", IngestError), service_down("ingest failed"):
         summary = run_ingest(settings, run_id or default_run_id(), slice_spec)
     if summary.get("note"):
         typer.secho(f"ingest: {summary['note']}", fg="yellow", err=True)
@@ -274,7 +152,7 @@ def lake_summary_command() -> None:
 
     from rakuten_mlops.ingest import lake_summary
 
-    with _service_down("lake-summary"):
+    with service_down("lake-summary"):
         summary = lake_summary(get_settings())
     typer.echo(json.dumps(summary, indent=2))
 
@@ -288,7 +166,7 @@ def serve(
     from rakuten_mlops.serving.app import run
     from rakuten_mlops.serving.auth import MissingKeysError
 
-    with _exits_on("serve", MissingKeysError):
+    with exits_on("serve", MissingKeysError):
         run(get_settings(), host, port)
 
 
@@ -329,8 +207,8 @@ def predict_batch(
     from rakuten_mlops.serving.batch import predict_lake
     from rakuten_mlops.serving.model import ModelLoadError
 
-    _log_progress()
-    with _exits_on("predict-batch", ModelLoadError), _service_down("predict-batch"):
+    log_progress()
+    with exits_on("predict-batch", ModelLoadError), service_down("predict-batch"):
         summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
     typer.echo(json.dumps(summary, indent=2))
 
@@ -342,7 +220,7 @@ def demo_predict_command(
     """Call the running API's /predict on a few real products and print the answers."""
     from rakuten_mlops.serving.client import DemoError, demo_predict
 
-    with _exits_on("demo-predict", DemoError):
+    with exits_on("demo-predict", DemoError):
         demo_predict(get_settings(), count)
 
 
@@ -359,7 +237,7 @@ def preprocess_command(
     """Freeze the lake's labelled products and split as a dataset version; print its id."""
     from rakuten_mlops.ml.dataset import prepare_dataset
 
-    with _exits_on("preprocess", LakeError), _service_down("preprocess"):
+    with exits_on("preprocess", LakeError), service_down("preprocess"):
         dataset = prepare_dataset(get_settings(), upload=upload)
     manifest = dataset.manifest
     where = manifest.get("s3_uri") or manifest["local_path"]
@@ -387,7 +265,7 @@ def train_command(
     from rakuten_mlops.ml.stages import run_train
 
     # An unknown profile or family, a bad profile, an unknown dataset, MLflow unreachable.
-    with _exits_on("train", RakutenError, MlflowException), _service_down("train"):
+    with exits_on("train", RakutenError, MlflowException), service_down("train"):
         run_id = run_train(get_settings(), dataset_id, profile, families=family or None,
                            report=lambda line: typer.echo(line, err=True))
     typer.echo(run_id)
@@ -407,7 +285,7 @@ def evaluate_command(
 
     from rakuten_mlops.ml.stages import run_evaluate
 
-    with _exits_on("evaluate", RakutenError, MlflowException), _service_down("evaluate"):
+    with exits_on("evaluate", RakutenError, MlflowException), service_down("evaluate"):
         metrics = run_evaluate(get_settings(), run_id, baseline=baseline,
                                report=lambda line: typer.echo(line, err=True))
     typer.echo(json.dumps(metrics, sort_keys=True))
@@ -425,7 +303,7 @@ def promote_command(
 
     from rakuten_mlops.ml.stages import promote
 
-    with _exits_on("promote", RakutenError, MlflowException), _service_down("promote"):
+    with exits_on("promote", RakutenError, MlflowException), service_down("promote"):
         result = promote(get_settings(), run_id, export=export)
     typer.echo(result.reason, err=True)
     typer.echo(json.dumps(result.as_dict(), sort_keys=True))
@@ -438,7 +316,7 @@ def export_model_command() -> None:
 
     from rakuten_mlops.ml.stages import export_champion
 
-    with _exits_on("export-model", PromotionError, MlflowException):
+    with exits_on("export-model", PromotionError, MlflowException):
         path = export_champion(get_settings())
     typer.echo(str(path))
 
@@ -459,11 +337,11 @@ def data_quality_command(
     from rakuten_mlops.quality.results import to_json
     from rakuten_mlops.quality.windows import interval_of
 
-    with _exits_on("data-quality", QualityError):
+    with exits_on("data-quality", QualityError):
         start, end = interval_of(date, datetime.now(UTC))
-    _log_progress()
+    log_progress()
     _migrate_first("data-quality", get_settings())
-    with _exits_on("data-quality", QualityError), _service_down("data-quality"):
+    with exits_on("data-quality", QualityError), service_down("data-quality"):
         run_id = f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}"
         summary = run(get_settings(), start, end, dag_run_id=run_id)
     typer.echo(to_json(summary))
@@ -481,7 +359,7 @@ def publish_dashboards_command(
     """Push config/grafana/dashboards/*.json to an existing Grafana (grafana-client)."""
     from rakuten_mlops.ops.dashboards import PublishError, publish
 
-    with _exits_on("publish-dashboards", PublishError):
+    with exits_on("publish-dashboards", PublishError):
         published = publish(get_settings(), url=url, folder=folder,
                             datasources={"lake": lake_datasource,
                                          "prometheus": prometheus_datasource},
@@ -496,7 +374,7 @@ def champion_command() -> None:
 
     from rakuten_mlops.ml.registry import champion_summary
 
-    with _exits_on("champion", PromotionError, MlflowException):
+    with exits_on("champion", PromotionError, MlflowException):
         summary = champion_summary(get_settings())
     for key, value in summary.items():
         typer.echo(f"  {key:<28} {value}")

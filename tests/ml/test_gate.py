@@ -10,9 +10,6 @@ and each decision is found there with its interval.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-
 import pytest
 
 from rakuten_mlops.ml.evaluate import baseline_evaluation, evaluate_pipeline, f1_gain
@@ -26,6 +23,7 @@ from rakuten_mlops.ml.promotion import (
     compare,
 )
 from rakuten_mlops.ml.train import family_pipeline, split_xy
+from tests.support.ml import private_model
 
 TRAIN_SUBSETS = ["train", "validation"]
 GOOD = {
@@ -140,32 +138,8 @@ def quiet(line: str) -> None:
 @pytest.fixture(scope="module")
 def gate_settings(stack, settings, tmp_path_factory):
     """A model name and experiment of the test's own, deleted with its records afterwards."""
-    from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.trust import forget
-    from rakuten_mlops.storage import connect
-
-    name = f"test-gate-{uuid.uuid4().hex[:8]}"
-    folder = tmp_path_factory.mktemp("gate")
-    gate = settings.model_copy(
-        update={
-            "model_name": name,
-            "mlflow_experiment": name,
-            "models_dir": folder / "models",
-            "processed_data_dir": folder / "processed",
-        }
-    )
-    yield gate
-    client = registry.client(gate)
-    with contextlib.suppress(Exception):
-        client.delete_registered_model(name)
-    forget(gate, name)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        for run in client.search_runs([experiment.experiment_id]):
-            client.delete_run(run.info.run_id)
-        client.delete_experiment(experiment.experiment_id)
-    with connect(gate) as conn:
-        conn.execute("DELETE FROM model_promotions WHERE model_name = %s", (name,))
+    with private_model(settings, tmp_path_factory.mktemp("gate_settings"), "test-gate") as own:
+        yield own
 
 
 def _trained_and_evaluated(gate_settings, dataset_id: str, profile: dict) -> str:

@@ -8,7 +8,6 @@ experiment and model name, deleted at the end.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import uuid
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 
 from rakuten_mlops.ml import export, stages
+from tests.support.ml import private_model
 from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
@@ -29,29 +29,8 @@ def quiet(line: str) -> None:
 
 @pytest.fixture(scope="module")
 def ml_settings(stack, settings, tmp_path_factory):
-    from rakuten_mlops.ml import registry
-
-    name = f"test-ml-{uuid.uuid4().hex[:8]}"
-    folder = tmp_path_factory.mktemp("ml")
-    ml = settings.model_copy(
-        update={
-            "model_name": name,
-            "mlflow_experiment": name,
-            "models_dir": folder / "models",
-            "processed_data_dir": folder / "processed",
-        }
-    )
-    yield ml
-    client = registry.client(ml)
-    # A failed test may not have registered it.
-    with contextlib.suppress(Exception):
-        client.delete_registered_model(name)
-    from rakuten_mlops.ml.trust import forget
-
-    forget(ml, name)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        client.delete_experiment(experiment.experiment_id)
+    with private_model(settings, tmp_path_factory.mktemp("ml_settings"), "test-ml") as own:
+        yield own
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,16 @@ training profile's `promotion:` block (rakuten_mlops.ml.profile.PromotionPolicy)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
 from rakuten_mlops.errors import PromotionError
+from rakuten_mlops.jsonable import json_safe
 from rakuten_mlops.ml.evaluate import Evaluation, Gain, f1_gain
 from rakuten_mlops.ml.profile import PromotionPolicy
 from rakuten_mlops.settings import Settings
@@ -198,7 +197,7 @@ def _value(column: str, promotion: Mapping[str, Any], decided_at: datetime):
     if column == "decided_at":
         return decided_at
     if column == "details":
-        return Jsonb(_json_safe(dict(promotion)))
+        return Jsonb(json_safe(dict(promotion)))
     if column == "promoted":
         return bool(promotion["promoted"])
     if column in ("model_name", "version", "run_id", "alias"):
@@ -210,16 +209,3 @@ def _value(column: str, promotion: Mapping[str, Any], decided_at: datetime):
         return value
     return None if value is None else float(value)
 
-
-def _json_safe(value):
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

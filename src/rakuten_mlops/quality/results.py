@@ -4,12 +4,11 @@ the store and the job (no service, no computation)."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
+from rakuten_mlops.jsonable import json_safe
 
 
 @dataclass
@@ -98,19 +97,6 @@ class WindowResult:
         }
 
 
-def json_safe(value: Any) -> Any:
-    """`value` as JSON can hold it: numpy scalars as Python ones, NaN and inf as None."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
 
 
 def to_json(value: Any) -> str:

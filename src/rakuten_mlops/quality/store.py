@@ -10,8 +10,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from rakuten_mlops.jsonable import json_safe
 from rakuten_mlops.quality.errors import QualityError
-from rakuten_mlops.quality.results import WindowResult, json_safe
+from rakuten_mlops.quality.results import WindowResult
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect
 

@@ -11,7 +11,7 @@ removes what the session created and compares a new snapshot with the first:
   go with them: ON DELETE CASCADE), never a whole DAG and never a time range;
 - MLflow: registered models and experiments that were not there before, all of them the
   tests' own `test-*` names: models deleted, experiments soft-deleted and then removed for
-  good with `mlflow gc` (runs, logged models and artifacts included);
+  good as `mlflow gc` does (their runs, logged models and artifacts, and nothing else);
 - S3: the `test-*` buckets (only tests use the prefix), emptied and removed;
 - PostgreSQL: the test databases (`<test POSTGRES_DB>*`) dropped.
 
@@ -166,14 +166,31 @@ def remove_mlflow(settings, before: Snapshot, after: Snapshot) -> tuple[int, int
 
 
 def hard_delete_experiments(settings, experiment_ids: list[str]) -> None:
-    """`mlflow gc` in this process: the store URI holds a password, never on a command line."""
-    from mlflow.cli import gc
+    """What `mlflow gc` does, for these experiments only, in this process (the store URI
+    holds a password: never on a command line).
+
+    The gc command given experiment ids alone also removes every other deleted run and
+    logged model of the server (the user's own included), so the runs and logged models
+    are named explicitly: exactly those of these experiments.
+    """
+    from mlflow.cli import _gc_tracking_resources, _get_store
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
-    gc.main(
-        ["--backend-store-uri", settings.postgres_dsn(settings.mlflow_db),
-         "--experiment-ids", ",".join(experiment_ids)],
-        standalone_mode=False,
+    deleted = " WHERE experiment_id = ANY(%s) AND lifecycle_stage = 'deleted'"
+    ids = [int(e) for e in experiment_ids]
+    runs = [r[0] for r in _rows(settings, settings.mlflow_db,
+                                "SELECT run_uuid FROM runs" + deleted, ids)]
+    models = [r[0] for r in _rows(settings, settings.mlflow_db,
+                                  "SELECT model_id FROM logged_models" + deleted, ids)]
+    _gc_tracking_resources(
+        backend_store=_get_store(settings.postgres_dsn(settings.mlflow_db), None),
+        run_ids=runs,
+        experiment_ids=list(experiment_ids),
+        logged_model_ids=models,
+        older_than=None,
+        time_delta=0,
+        skip_experiments=False,
+        skip_logged_models=False,
     )
 
 

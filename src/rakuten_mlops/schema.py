@@ -77,7 +77,8 @@ def require_current(conn: psycopg.Connection) -> None:
     missing = pending(conn)
     if missing:
         raise SchemaMissing(
-            f"the lake schema lacks migration(s) {', '.join(missing)}: run `rakuten-mlops migrate`"
+            f"the lake {conn.info.dbname!r} lacks migration(s) {', '.join(missing)}: run "
+            "`rakuten-mlops migrate` (`stack up` and each DAG's first task run it)"
         )
 
 

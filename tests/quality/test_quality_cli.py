@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -60,16 +61,23 @@ def test_a_bad_thresholds_file_ends_with_one_line_naming_the_key(quality_lake, t
     assert sorted(named) == ["drift.binz: unknown key", "drift.thresholds.psi: has no value"]
 
 
-def test_an_unmigrated_lake_is_named_not_migrated_behind_the_users_back(quality_lake):
-    """The job no longer migrates: a lake without its tables gets one line saying so."""
+def test_the_job_refuses_an_unmigrated_lake_and_the_command_migrates_it_first(quality_lake):
+    """Only `migrate` changes the schema: the job names what to run; the command, like the
+    DAG's first task, applies the migrations before it starts."""
+    from rakuten_mlops.quality.job import run
+    from rakuten_mlops.schema import SchemaMissing
     from rakuten_mlops.storage import connect
-    from tests.support.quality import reset
+    from tests.support.lake import Lake
 
-    reset(quality_lake)  # an empty schema: no table at all
-    result = _data_quality(quality_lake)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    last = _last_line(result)
-    assert last.startswith(f"data-quality: the lake {quality_lake.postgres_db!r} has no table ")
-    assert "quality_windows" in last and "rakuten-mlops migrate" in last
+    with Lake(quality_lake).connect() as conn:  # an empty schema: no table at all
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    with pytest.raises(SchemaMissing, match="rakuten-mlops migrate") as refused:
+        run(quality_lake, datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 1, 6, tzinfo=UTC))
+    assert repr(quality_lake.postgres_db) in str(refused.value)
     with connect(quality_lake) as conn:  # and nothing was created
         assert conn.execute("SELECT to_regclass('quality_windows')").fetchone()[0] is None
+    result = _data_quality(quality_lake)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with connect(quality_lake) as conn:
+        assert conn.execute("SELECT to_regclass('quality_windows')").fetchone()[0] is not None

@@ -21,7 +21,7 @@ from rakuten_mlops.quality.report import render_html
 from rakuten_mlops.quality.resources import QualityResources
 from rakuten_mlops.quality.results import Reference, Window, WindowResult
 from rakuten_mlops.quality.statistics import evaluate, window_status
-from rakuten_mlops.quality.store import require_tables, store
+from rakuten_mlops.quality.store import store
 from rakuten_mlops.quality.windows import (
     batch_profile,
     batch_window,
@@ -29,6 +29,7 @@ from rakuten_mlops.quality.windows import (
     inference_window,
     pending_batches,
 )
+from rakuten_mlops.schema import require_current
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect
 
@@ -132,7 +133,7 @@ def run(
     """Every window of one data interval (what the DAG's tasks do, in one process)."""
     config = settings_config(settings)
     with connect(settings) as conn:
-        require_tables(conn)
+        require_current(conn)
         batches = pending_batches(conn, interval_start, interval_end)
         windows = [batch_window(conn, b) for b in batches]
     windows.append(inference_window(interval_start, interval_end))

@@ -11,38 +11,12 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from rakuten_mlops.jsonable import json_safe
-from rakuten_mlops.quality.errors import QualityError
 from rakuten_mlops.quality.results import WindowResult
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect
 
+
 # The tables the job reads and writes (rakuten_mlops/sql/).
-JOB_TABLES = (
-    "load_batches",
-    "products",
-    "labels",
-    "images",
-    "dataset_split",
-    "inference_log",
-    "quality_windows",
-    "quality_results",
-)
-
-
-def require_tables(conn) -> None:
-    """QualityError naming the tables the lake lacks: its schema was never migrated."""
-    missing = [
-        table
-        for table in JOB_TABLES
-        if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None
-    ]
-    if missing:
-        raise QualityError(
-            f"the lake {conn.info.dbname!r} has no table {', '.join(missing)}: apply its "
-            "migrations first (`rakuten-mlops migrate`, or `stack up`, which runs them)"
-        )
-
-
 def _number(value) -> float | None:
     if value is None:
         return None

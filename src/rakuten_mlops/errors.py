@@ -33,3 +33,7 @@ class PromotionError(RakutenError):
 
 class ExportError(RakutenError):
     """The exported model in models/ is missing or unreadable."""
+
+
+class ConfigurationError(RakutenError):
+    """A setting the command needs is missing or contradicts another (the message names it)."""

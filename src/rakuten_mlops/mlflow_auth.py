@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rakuten_mlops.errors import ConfigurationError
+
 DEFAULT_PERMISSION = "READ"
 
 
@@ -44,7 +46,7 @@ def ensure_users(database_uri: str, admin: tuple[str, str], reader: tuple[str, s
         from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
     if admin[0] == reader[0]:
-        raise ValueError("MLFLOW_ADMIN_USER and MLFLOW_READER_USER must differ")
+        raise ConfigurationError("MLFLOW_ADMIN_USER and MLFLOW_READER_USER must differ")
     store = SqlAlchemyStore()
     store.init_db(database_uri)
     for (username, password), is_admin in ((admin, True), (reader, False)):
@@ -78,7 +80,7 @@ def prepare_from_env(config_path: Path, environ=os.environ) -> None:
     )
     missing = [name for name in names if not environ.get(name)]
     if missing:
-        raise ValueError(f"MLflow auth needs {', '.join(missing)} in the environment")
+        raise ConfigurationError(f"MLflow auth needs {', '.join(missing)} in the environment")
     uri = environ["MLFLOW_AUTH_DATABASE_URI"]
     if uri.startswith("sqlite:///"):
         uri = sqlite_uri(Path(uri.removeprefix("sqlite:///")))

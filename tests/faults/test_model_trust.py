@@ -26,6 +26,8 @@ import httpx
 import pandas as pd
 import pytest
 
+from rakuten_mlops.errors import ConfigurationError
+
 pytestmark = pytest.mark.stack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -319,7 +321,7 @@ def test_auth_users_follow_the_configured_passwords(tmp_path):
     assert store.get_user("boss").is_admin and not store.get_user("look").is_admin
     assert sorted(user.username for user in store.list_users()) == ["boss", "look"]
     assert (tmp_path / "users.db").stat().st_mode & 0o777 == 0o600
-    with pytest.raises(ValueError, match="must differ"):
+    with pytest.raises(ConfigurationError, match="must differ"):
         ensure_users(uri, ("same", "a-password-12345"), ("same", "a-password-12345"))
 
 

@@ -11,7 +11,7 @@ import typer
 
 from rakuten_mlops.cli.common import exits_on, log_progress, service_down
 from rakuten_mlops.cli.stack import stack_app
-from rakuten_mlops.errors import LakeError, PromotionError, RakutenError
+from rakuten_mlops.errors import ConfigurationError, LakeError, PromotionError, RakutenError
 from rakuten_mlops.settings import (
     env_file,
     get_settings,
@@ -72,7 +72,7 @@ def mlflow_auth_setup(
     """Compose's MLflow entrypoint: the basic-auth ini and users, from the environment."""
     from rakuten_mlops.mlflow_auth import prepare_from_env
 
-    with exits_on("mlflow-auth-setup", ValueError):
+    with exits_on("mlflow-auth-setup", ConfigurationError):
         prepare_from_env(config)
     typer.echo(f"wrote {config}; MLflow users ready", err=True)
 

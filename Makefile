@@ -5,12 +5,16 @@ PY    := $(VENV)/bin/python
 CLI   := $(PY) -m rakuten_mlops
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constraints.txt pyproject.toml
+# pgAdmin 4 (local mode's database console) in a virtualenv of its own: its pins clash
+# with Airflow's (rakuten_mlops/localstack/consoles.py runs it).
+PGADMIN_VENV  := .venv-pgadmin
+PGADMIN_STAMP := $(PGADMIN_VENV)/.installed
 
 .PHONY: setup up down status demo test bench lint clean-stack
 
 # init-env runs every time: it creates .env once with fresh secrets, then only adds
 # settings a newer .env.example introduced (never rotates: that would lock out the data).
-setup: $(STAMP)
+setup: $(STAMP) $(PGADMIN_STAMP)
 	@$(CLI) init-env
 
 # Bytecode is compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every
@@ -20,6 +24,11 @@ $(STAMP): $(REQUIREMENTS) scripts/install-system-deps.sh
 	test -x $(PY) || uv venv --quiet --python 3.11 $(VENV)
 	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode -c constraints.txt \
 		-r requirements.txt -r requirements_ml.txt -r requirements_dev.txt -e .
+	touch $@
+
+$(PGADMIN_STAMP): requirements_pgadmin.txt
+	test -x $(PGADMIN_VENV)/bin/python || uv venv --quiet --python 3.11 $(PGADMIN_VENV)
+	VIRTUAL_ENV=$(PGADMIN_VENV) uv pip install --quiet --compile-bytecode -r requirements_pgadmin.txt
 	touch $@
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from rakuten_mlops.localstack.consoles import pgadmin_service
 from rakuten_mlops.localstack.postgres import postgres_service
 from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
@@ -402,6 +403,7 @@ def local_services(settings: Settings) -> list[Service]:
         mlflow_service(settings),
         *airflow_services(settings),
         api_service(settings),
+        pgadmin_service(settings),
     ]
 
 

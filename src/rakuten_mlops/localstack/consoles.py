@@ -1,4 +1,5 @@
-"""Local mode's operator consoles: pgAdmin 4 (server mode, its own virtualenv).
+"""Local mode's operator consoles: pgAdmin 4 (server mode, its own virtualenv) and the
+object-store console (SeaweedFS's admin UI, with the filer's open UI closed).
 
 pgAdmin's pins clash with Airflow's, so `make setup` installs it into `.venv-pgadmin`
 (requirements_pgadmin.txt). Its configuration lives under `.stack/pgadmin`, handed to
@@ -9,6 +10,8 @@ of the Werkzeug development server that `pgAdmin4.py` runs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import subprocess
 from pathlib import Path
@@ -142,3 +145,48 @@ def pgadmin_service(settings: Settings) -> Service:
         start_timeout=90,
         ports=(settings.pgadmin_port,),
     )
+
+
+# --------------------------------------------------------------------------- object store
+
+
+def s3_console_port(settings: Settings) -> int:
+    """SeaweedFS's admin UI: the port `weed mini` already reserves for it (S3_PORT + 4)."""
+    return settings.s3_port + 4
+
+
+def s3_console_options(settings: Settings, options_file: Path) -> None:
+    """`weed -options` file (0600): the admin UI's login stays off the command line."""
+    password = settings.s3_console_password
+    if password is None or not password.get_secret_value():
+        raise ValueError(
+            "the object-store console needs S3_CONSOLE_PASSWORD: run `make setup` "
+            "(init-env adds it to .env)"
+        )
+    lines = [
+        f"admin.user={settings.s3_console_user}",
+        f"admin.password={password.get_secret_value()}",
+    ]
+    replace_file(options_file, "\n".join(lines) + "\n", owner=None)
+
+
+def derived_key(settings: Settings, purpose: str) -> str:
+    """A signing key of its own per purpose, derived from S3_SECRET_KEY (no new setting)."""
+    secret = settings.s3_secret_key.get_secret_value().encode()
+    return hmac.new(secret, purpose.encode(), hashlib.sha256).hexdigest()
+
+
+def seaweedfs_security_env(settings: Settings) -> dict[str, str]:
+    """SeaweedFS's security.toml as WEED_* variables (its documented way to pass secrets).
+
+    Without them the filer's HTTP port serves an unauthenticated UI with upload buttons
+    and the volume server accepts unsigned writes. With them the filer and volume
+    servers accept only JWT-signed requests (the S3 gateway and the admin UI, in the same
+    process, sign theirs) and the filer UI and directory listings are off.
+    """
+    return {
+        "WEED_JWT_SIGNING_KEY": derived_key(settings, "seaweedfs-volume-write"),
+        "WEED_JWT_FILER_SIGNING_KEY": derived_key(settings, "seaweedfs-filer-write"),
+        "WEED_JWT_FILER_SIGNING_READ_KEY": derived_key(settings, "seaweedfs-filer-read"),
+        "WEED_FILER_EXPOSE_DIRECTORY_METADATA_ENABLED": "false",
+    }

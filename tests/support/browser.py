@@ -66,16 +66,19 @@ def browser(browser_session):
     return browser_session
 
 
+def save_screenshot(driver, name: str) -> Path:
+    """test-output/screenshots/NAME.png of what `driver` shows now."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    if not driver.save_screenshot(str(path)):
+        raise AssertionError(f"Chromium could not write the screenshot {path}")
+    return path
+
+
 @pytest.fixture()
 def screenshot(browser) -> Callable[[str], Path]:
-    def take(name: str) -> Path:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        path = SCREENSHOTS / f"{name}.png"
-        if not browser.save_screenshot(str(path)):
-            raise AssertionError(f"Chromium could not write the screenshot {path}")
-        return path
-
-    return take
+    """screenshot(name): the module's browser, saved as test-output/screenshots/NAME.png."""
+    return lambda name: save_screenshot(browser, name)
 
 
 def wait_until(browser, condition, timeout: float = PAGE_TIMEOUT):

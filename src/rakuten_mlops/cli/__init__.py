@@ -88,7 +88,17 @@ def airflow(ctx: typer.Context) -> None:
 
     os.environ.update(airflow_env(get_settings()))
     binary = str(Path(venv_bin()) / "airflow")
-    os.execv(binary, [binary, *ctx.args])
+    os.execv(binary, [binary, *with_task_logs(ctx.args)])
+
+
+def with_task_logs(args: list[str]) -> list[str]:
+    """`dags test` with `--use-executor` (Airflow's own flag): without it the tasks run
+    in-process and log to the terminal only, so the Airflow UI shows no task log for
+    the run; through the LocalExecutor each task writes its log file, as scheduled
+    runs do."""
+    if args[:2] == ["dags", "test"] and "--use-executor" not in args:
+        return [*args, "--use-executor"]
+    return args
 
 
 @app.command("migrate")

@@ -44,13 +44,15 @@ status: setup
 demo: setup
 	$(CLI) stack up
 	$(CLI) airflow dags test prepare_data > .stack/logs/demo-prepare_data.log 2>&1 \
-		|| { tail -40 .stack/logs/demo-prepare_data.log; exit 1; }
-	@echo "prepare_data succeeded (task log: .stack/logs/demo-prepare_data.log); the lake now holds:"
+		|| { tail -40 .stack/logs/demo-prepare_data.log; \
+		     echo "task logs: the Airflow UI, or .stack/airflow/logs/dag_id=prepare_data/"; exit 1; }
+	@echo "prepare_data succeeded (run log: .stack/logs/demo-prepare_data.log, task logs in the Airflow UI); the lake now holds:"
 	$(CLI) lake-summary
 	$(CLI) airflow dags test ml_pipeline --conf '{"profile": "quick"}' \
 		> .stack/logs/demo-ml_pipeline.log 2>&1 \
-		|| { tail -60 .stack/logs/demo-ml_pipeline.log; exit 1; }
-	@echo "ml_pipeline succeeded (task log: .stack/logs/demo-ml_pipeline.log); the champion:"
+		|| { tail -60 .stack/logs/demo-ml_pipeline.log; \
+		     echo "task logs: the Airflow UI, or .stack/airflow/logs/dag_id=ml_pipeline/"; exit 1; }
+	@echo "ml_pipeline succeeded (run log: .stack/logs/demo-ml_pipeline.log, task logs in the Airflow UI); the champion:"
 	$(CLI) champion
 	$(CLI) demo-predict
 

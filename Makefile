@@ -5,12 +5,16 @@ PY    := $(VENV)/bin/python
 CLI   := $(PY) -m rakuten_mlops
 STAMP := $(VENV)/.installed
 REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constraints.txt pyproject.toml
+# pgAdmin 4 (local mode's database console) in a virtualenv of its own: its pins clash
+# with Airflow's (rakuten_mlops/localstack/consoles.py runs it).
+PGADMIN_VENV  := .venv-pgadmin
+PGADMIN_STAMP := $(PGADMIN_VENV)/.installed
 
 .PHONY: setup up down status demo test bench lint clean-stack
 
 # init-env runs every time: it creates .env once with fresh secrets, then only adds
 # settings a newer .env.example introduced (never rotates: that would lock out the data).
-setup: $(STAMP)
+setup: $(STAMP) $(PGADMIN_STAMP)
 	@$(CLI) init-env
 
 # Bytecode is compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every
@@ -20,6 +24,11 @@ $(STAMP): $(REQUIREMENTS) scripts/install-system-deps.sh
 	test -x $(PY) || uv venv --quiet --python 3.11 $(VENV)
 	VIRTUAL_ENV=$(VENV) uv pip install --quiet --compile-bytecode -c constraints.txt \
 		-r requirements.txt -r requirements_ml.txt -r requirements_dev.txt -e .
+	touch $@
+
+$(PGADMIN_STAMP): requirements_pgadmin.txt
+	test -x $(PGADMIN_VENV)/bin/python || uv venv --quiet --python 3.11 $(PGADMIN_VENV)
+	VIRTUAL_ENV=$(PGADMIN_VENV) uv pip install --quiet --compile-bytecode -r requirements_pgadmin.txt
 	touch $@
 
 
@@ -35,13 +44,15 @@ status: setup
 demo: setup
 	$(CLI) stack up
 	$(CLI) airflow dags test prepare_data > .stack/logs/demo-prepare_data.log 2>&1 \
-		|| { tail -40 .stack/logs/demo-prepare_data.log; exit 1; }
-	@echo "prepare_data succeeded (task log: .stack/logs/demo-prepare_data.log); the lake now holds:"
+		|| { tail -40 .stack/logs/demo-prepare_data.log; \
+		     echo "task logs: the Airflow UI, or .stack/airflow/logs/dag_id=prepare_data/"; exit 1; }
+	@echo "prepare_data succeeded (run log: .stack/logs/demo-prepare_data.log, task logs in the Airflow UI); the lake now holds:"
 	$(CLI) lake-summary
 	$(CLI) airflow dags test ml_pipeline --conf '{"profile": "quick"}' \
 		> .stack/logs/demo-ml_pipeline.log 2>&1 \
-		|| { tail -60 .stack/logs/demo-ml_pipeline.log; exit 1; }
-	@echo "ml_pipeline succeeded (task log: .stack/logs/demo-ml_pipeline.log); the champion:"
+		|| { tail -60 .stack/logs/demo-ml_pipeline.log; \
+		     echo "task logs: the Airflow UI, or .stack/airflow/logs/dag_id=ml_pipeline/"; exit 1; }
+	@echo "ml_pipeline succeeded (run log: .stack/logs/demo-ml_pipeline.log, task logs in the Airflow UI); the champion:"
 	$(CLI) champion
 	$(CLI) demo-predict
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks for local mode: PostgreSQL 15, Prometheus,
 # docker-compose (only to validate docker-compose.yml; no engine needed), nginx (only to
-# check and test the compose proxy's config) and uv.
+# check and test the compose proxy's config), chromium + chromium-driver (browser tests)
+# and uv.
 # Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
@@ -12,6 +13,10 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 # setfacl: as root, local mode lets only the postgres account traverse the checkout.
 command -v setfacl >/dev/null || need+=(acl)
+# Browser tests (tests/support/browser.py): Debian's headless Chromium and its driver;
+# selenium uses these executables, nothing is downloaded.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""

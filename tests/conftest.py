@@ -18,6 +18,7 @@ monkeypatch_context = MonkeyPatch.context
 pytest_plugins = [
     "tests.support.lake",
     "tests.support.serving",
+    "tests.support.browser",
 ]
 
 # Before anything reads settings: tests get a database and buckets of their own.

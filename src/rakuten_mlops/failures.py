@@ -52,3 +52,19 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, psycopg.OperationalError):
         return f"PostgreSQL: {scrub(exc)}"
     return f"{type(exc).__name__}: {scrub(exc)}"
+
+
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Failed to establish a new connection",
+    "Connection refused",
+)
+
+
+def describe_mlflow(exc: BaseException, tracking_uri: str) -> str:
+    """One line for an MLflow client error: an unreachable server says so and where,
+    instead of the client's retry chain (`HTTPConnectionPool(...): Max retries ...`)."""
+    text = scrub(exc)
+    if any(marker in text for marker in _UNREACHABLE):
+        return f"MLflow at {tracking_uri} is unreachable (connection refused or timed out)"
+    return f"MLflow: {text}"

@@ -105,6 +105,14 @@ class Settings(BaseSettings):
     grafana_admin_user: str = "admin"
     grafana_admin_password: SecretStr | None = None
 
+    # Consoles (rakuten_mlops.localstack.consoles): pgAdmin 4 in server mode (local mode
+    # and compose) and, in local mode, SeaweedFS's admin UI as the object-store console.
+    pgadmin_port: int = Field(5050, ge=1, le=65535)
+    pgadmin_email: str = "admin@rakuten-mlops.dev"
+    pgadmin_password: SecretStr | None = None
+    s3_console_user: str = "admin"
+    s3_console_password: SecretStr | None = None
+
     # The registered model trained and served, and the alias of the one in production.
     model_name: str = "rakuten-prdtypecode"
     model_alias: str = "champion"

@@ -30,6 +30,7 @@ def test_every_service_is_healthy(stack):
         "airflow-dag-processor",
         "airflow-triggerer",
         "api",
+        "pgadmin",
     }
     assert set(states.values()) == {"healthy"}, states
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,10 +141,18 @@ def delete_dag_runs(settings, keep: set[tuple[str, str]]) -> int:
         runs = conn.execute(
             "SELECT id, dag_id, run_id FROM dag_run WHERE upper(triggered_by::text) = 'TEST'"
         ).fetchall()
-        ids = [r[0] for r in runs if (r[1], r[2]) not in keep]
-        if ids:
-            conn.execute("DELETE FROM dag_run WHERE id = ANY(%s)", (ids,))
-    return len(ids)
+        removed = [r for r in runs if (r[1], r[2]) not in keep]
+        if removed:
+            conn.execute("DELETE FROM dag_run WHERE id = ANY(%s)", ([r[0] for r in removed],))
+    # ... and their task logs (runs through an executor write them, see `with_task_logs`).
+    from rakuten_mlops.localstack.services import airflow_home
+
+    for _, dag_id, run_id in removed:
+        shutil.rmtree(
+            airflow_home(settings) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}",
+            ignore_errors=True,
+        )
+    return len(removed)
 
 
 def remove_mlflow(settings, before: Snapshot, after: Snapshot) -> tuple[int, int]:

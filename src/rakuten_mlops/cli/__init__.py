@@ -88,7 +88,17 @@ def airflow(ctx: typer.Context) -> None:
 
     os.environ.update(airflow_env(get_settings()))
     binary = str(Path(venv_bin()) / "airflow")
-    os.execv(binary, [binary, *ctx.args])
+    os.execv(binary, [binary, *with_task_logs(ctx.args)])
+
+
+def with_task_logs(args: list[str]) -> list[str]:
+    """`dags test` with `--use-executor` (Airflow's own flag): without it the tasks run
+    in-process and log to the terminal only, so the Airflow UI shows no task log for
+    the run; through the LocalExecutor each task writes its log file, as scheduled
+    runs do."""
+    if args[:2] == ["dags", "test"] and "--use-executor" not in args:
+        return [*args, "--use-executor"]
+    return args
 
 
 @app.command("migrate")
@@ -204,11 +214,12 @@ def predict_batch(
     """Classify the lake's products with the champion into batch_predictions."""
     import json
 
-    from rakuten_mlops.serving.batch import predict_lake
+    from rakuten_mlops.serving.batch import UnknownSplitError, predict_lake
     from rakuten_mlops.serving.model import ModelLoadError
 
     log_progress()
-    with exits_on("predict-batch", ModelLoadError), service_down("predict-batch"):
+    with exits_on("predict-batch", ModelLoadError, UnknownSplitError), \
+            service_down("predict-batch"):
         summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
     typer.echo(json.dumps(summary, indent=2))
 
@@ -333,12 +344,14 @@ def data_quality_command(
     from datetime import UTC, datetime
 
     from rakuten_mlops.quality.errors import QualityError
-    from rakuten_mlops.quality.job import run
-    from rakuten_mlops.quality.results import to_json
     from rakuten_mlops.quality.windows import interval_of
 
     with exits_on("data-quality", QualityError):
         start, end = interval_of(date, datetime.now(UTC))
+    # After the date check: the job's imports (pandas, scipy, MLflow) take seconds.
+    from rakuten_mlops.quality.job import run
+    from rakuten_mlops.quality.results import to_json
+
     log_progress()
     _migrate_first("data-quality", get_settings())
     with exits_on("data-quality", QualityError), service_down("data-quality"):
@@ -372,10 +385,17 @@ def champion_command() -> None:
     """Print the registered champion: version, family, test metrics and its MLflow page."""
     from mlflow.exceptions import MlflowException
 
+    from rakuten_mlops.failures import describe_mlflow
     from rakuten_mlops.ml.registry import champion_summary
 
-    with exits_on("champion", PromotionError, MlflowException):
-        summary = champion_summary(get_settings())
+    settings = get_settings()
+    with exits_on("champion", PromotionError):
+        try:
+            summary = champion_summary(settings)
+        except MlflowException as exc:
+            typer.secho(f"champion: {describe_mlflow(exc, settings.tracking_uri)}", fg="red",
+                        err=True)
+            raise typer.Exit(1) from exc
     for key, value in summary.items():
         typer.echo(f"  {key:<28} {value}")
 

@@ -99,6 +99,8 @@ def print_status(supervisor) -> bool:
         f"  MLflow      user {settings.mlflow_admin_user} (MLFLOW_ADMIN_PASSWORD) or read-only "
         f"{settings.mlflow_reader_user} (MLFLOW_READER_PASSWORD)\n"
         f"  API         header X-API-Key: API_CLIENT_KEY (predict) or API_ADMIN_KEY (admin)\n"
+        f"  pgAdmin     email {settings.pgadmin_email}, password PGADMIN_PASSWORD\n"
+        f"  S3 console  user {settings.s3_console_user}, password S3_CONSOLE_PASSWORD\n"
         f"logs: {supervisor.log_dir}"
     )
     return all(status.state == "healthy" for status in statuses)

@@ -17,6 +17,12 @@ from pathlib import Path
 import httpx
 import yaml
 
+from rakuten_mlops.localstack.consoles import (
+    pgadmin_service,
+    s3_console_options,
+    s3_console_port,
+    seaweedfs_security_env,
+)
 from rakuten_mlops.localstack.postgres import postgres_service
 from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
@@ -66,9 +72,16 @@ def s3_service(settings: Settings) -> Service:
         )
 
     config_file = state_dir(settings) / "s3" / "s3.json"
+    console_options = state_dir(settings) / "s3" / "console.options"
 
     def prepare() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        # `weed mini` saves its options (the console password too) in DATA/mini.options
+        # and lets them win over the command line: closed to other accounts, and removed
+        # so that each start takes the flags below.
+        data_dir.parent.chmod(0o700)
+        (data_dir / "mini.options").unlink(missing_ok=True)
+        s3_console_options(settings, console_options)
         identity = {
             "name": "admin",
             "credentials": [{"accessKey": settings.s3_access_key, "secretKey": secret}],
@@ -92,15 +105,23 @@ def s3_service(settings: Settings) -> Service:
             f"-master.port={settings.s3_port + 1}",
             f"-volume.port={settings.s3_port + 2}",
             f"-filer.port={settings.s3_port + 3}",
-            f"-admin.port={settings.s3_port + 4}",
             f"-s3.config={config_file}",
             "-webdav=false",
-            "-admin.ui=false",
+            # The object-store console (rakuten_mlops.localstack.consoles), its login
+            # read from a 0600 options file.
+            "-admin.ui=true",
+            f"-admin.port={s3_console_port(settings)}",
+            f"-admin.dataDir={data_dir.parent / 'admin'}",
+            f"-options={console_options}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-master.telemetry=false",
         ],
-        url=f"{settings.s3_endpoint_url} (SeaweedFS S3)",
+        env=seaweedfs_security_env(settings),
+        url=(
+            f"{settings.s3_endpoint_url} (SeaweedFS S3; console "
+            f"http://{host}:{s3_console_port(settings)}, login S3_CONSOLE_USER/PASSWORD)"
+        ),
         healthy=healthy,
         prepare=prepare,
         bootstrap=bootstrap,
@@ -402,6 +423,7 @@ def local_services(settings: Settings) -> list[Service]:
         mlflow_service(settings),
         *airflow_services(settings),
         api_service(settings),
+        pgadmin_service(settings),
     ]
 
 

@@ -20,13 +20,13 @@ from typing import Annotated
 from fastapi import Body, FastAPI, HTTPException, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from rakuten_mlops.serving import schemas
 from rakuten_mlops.serving.auth import AdminRole, ClientRole, KeyRing, Role
+from rakuten_mlops.serving.docs import add_offline_docs
 from rakuten_mlops.serving.inference_log import Entry, InferenceLogWriter
 from rakuten_mlops.serving.limits import BodyLimitMiddleware, HeaderLimitMiddleware, timed_protocol
 from rakuten_mlops.serving.metrics import MetricsMiddleware, ServingMetrics
@@ -202,15 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # ------------------------------------------------------------- docs
 
     if local:
-
-        @app.get("/openapi.json", include_in_schema=False)
-        async def openapi() -> JSONResponse:
-            return JSONResponse(app.openapi())
-
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
-
+        add_offline_docs(app)
     else:  # outside local mode even the spec needs a client key (and there is no UI)
 
         @app.get("/openapi.json", include_in_schema=False)

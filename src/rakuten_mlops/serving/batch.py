@@ -47,6 +47,14 @@ def champion(settings: Settings) -> LoadedModel:
     return manager.current
 
 
+# products.source_split: which challenge file a product came from.
+SOURCE_SPLITS = ("test", "train")
+
+
+class UnknownSplitError(ValueError):
+    """A source split the lake does not have (a typo would otherwise predict 0 rows)."""
+
+
 def predict_lake(
     settings: Settings,
     source_split: str = "test",
@@ -56,6 +64,10 @@ def predict_lake(
     model: LoadedModel | None = None,
 ) -> dict:
     """Classify the lake's `source_split` products; return the run's summary."""
+    if source_split not in SOURCE_SPLITS:
+        raise UnknownSplitError(
+            f"unknown --source-split {source_split!r}: expected one of {', '.join(SOURCE_SPLITS)}"
+        )
     model = model or champion(settings)
     started = time.perf_counter()
     now = datetime.now(UTC)

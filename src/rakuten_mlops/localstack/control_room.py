@@ -1,18 +1,14 @@
-"""Local mode's control room: `streamlit run rakuten_mlops/control_room/app.py` on
-BIND_HOST:CONTROL_ROOM_PORT. Its login comes from .env (the app reads the settings like
-every other process), nothing on the command line."""
+"""Local mode's control room: `python -m rakuten_mlops.control_room` (Streamlit serving
+control_room/app.py) on BIND_HOST:CONTROL_ROOM_PORT. Its login comes from .env (the app
+reads the settings like every other process), nothing on the command line."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from rakuten_mlops.control_room import __file__ as package_init
 from rakuten_mlops.localstack.service import Service, http_ok
 from rakuten_mlops.ml.tracking import s3_client_env
 from rakuten_mlops.settings import Settings, env_file, project_root
-
-APP = Path(package_init).with_name("app.py")
 
 
 def streamlit_env(settings: Settings) -> dict[str, str]:
@@ -44,7 +40,7 @@ def control_room_service(settings: Settings) -> Service:
 
     return Service(
         name="control-room",
-        command=[sys.executable, "-m", "streamlit", "run", str(APP)],
+        command=[sys.executable, "-m", "rakuten_mlops.control_room"],
         env={
             **streamlit_env(settings),
             "RAKUTEN_PROJECT_ROOT": str(project_root()),

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
+from rakuten_mlops.ml import tracking
 from rakuten_mlops.ops.dashboards import expand_sql, load_dashboards, panel_queries
 from rakuten_mlops.settings import Settings
 from rakuten_mlops.storage import connect, get_bytes, s3_client
@@ -141,8 +142,6 @@ def training_runs(settings: Settings) -> pd.DataFrame:
     # mlflow is imported where used: importing it costs seconds the other pages skip.
     import mlflow
 
-    from rakuten_mlops.ml import tracking
-
     tracking.configure(settings, "reader")
     runs = mlflow.search_runs(
         experiment_names=[settings.mlflow_experiment],
@@ -161,8 +160,6 @@ def family_runs(settings: Settings, experiment_id: str, run_id: str) -> pd.DataF
     """The CV table: one nested run per model family of training run `run_id`."""
     import mlflow  # see training_runs
 
-    from rakuten_mlops.ml import tracking
-
     tracking.configure(settings, "reader")
     return mlflow.search_runs(
         experiment_ids=[experiment_id],
@@ -173,8 +170,6 @@ def family_runs(settings: Settings, experiment_id: str, run_id: str) -> pd.DataF
 def run_artifact(settings: Settings, run_id: str, path: str, folder: Path) -> Path | None:
     """An artifact of a run downloaded into `folder` (None when the run has none)."""
     import mlflow  # see training_runs
-
-    from rakuten_mlops.ml import tracking
 
     tracking.configure(settings, "reader")
     try:

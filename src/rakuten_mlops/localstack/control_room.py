@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from rakuten_mlops.localstack.service import Service, http_ok
-from rakuten_mlops.ml.tracking import s3_client_env
+from rakuten_mlops.ml.tracking import client_env as tracking_client_env
 from rakuten_mlops.settings import Settings, env_file, project_root
 
 
@@ -45,8 +45,8 @@ def control_room_service(settings: Settings) -> Service:
             **streamlit_env(settings),
             "RAKUTEN_PROJECT_ROOT": str(project_root()),
             "RAKUTEN_ENV_FILE": str(env_file()),
-            # Artifacts (confusion matrix, reports) are read from the S3 store.
-            **s3_client_env(settings),
+            # It only reads MLflow (runs, the confusion matrix): MLflow's read-only user.
+            **tracking_client_env(settings, "reader"),
         },
         url=f"{base} (login: CONTROL_ROOM_USER / CONTROL_ROOM_PASSWORD)",
         # Streamlit's health endpoint answers without a login; pages show only the form.

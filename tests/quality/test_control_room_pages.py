@@ -61,7 +61,11 @@ def page_done(driver, title: str, texts: list[str]):
     if title not in headings:
         return False
     body = driver.find_element(By.TAG_NAME, "body").text
-    running = driver.find_elements(By.CSS_SELECTOR, "[data-testid=stStatusWidget] *")
+    running = driver.find_elements(
+        By.CSS_SELECTOR,
+        "[data-testid=stStatusWidgetRunningIcon], [data-testid=stStatusWidgetRunningManIcon],"
+        " [data-testid=stSkeleton]",
+    )
     return all(text in body for text in texts) and not running
 
 
@@ -76,14 +80,13 @@ def test_wrong_password_is_refused(browser, control_room):
 def test_every_page_after_login(browser, screenshot, control_room):
     from selenium.webdriver.common.by import By
 
+    # Tall enough that each screenshot shows the whole page, not the first screen.
+    browser.set_window_size(1400, 3200)
     log_in(browser, control_room.base_url, TEST_USER, TEST_PASSWORD)
     for path, title, _, _ in PAGES:
-        link = wait_until(
-            browser,
-            lambda d, p=path: d.find_elements(By.CSS_SELECTOR, f"a[href$='/{p}']"),
-            PAGE_TIMEOUT,
-        )[0]
-        link.click()
+        # The sidebar's link (the first page's is the root URL, so by its title).
+        link = f"//a[@data-testid='stSidebarNavLink'][.//*[text()={title!r}]]"
+        wait_until(browser, lambda d, x=link: d.find_elements(By.XPATH, x), PAGE_TIMEOUT)[0].click()
         wait_until(browser, lambda d, t=title, p=path: page_done(d, t, KEY_TEXTS[p]), PAGE_TIMEOUT)
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]"), path
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stAlertContentError]"), (

@@ -55,11 +55,17 @@ def render(settings: Settings) -> None:
     show_images(settings)
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_image(_settings: Settings, bucket: str, key: str) -> bytes:
+    # An image's key names its product and image ids: its bytes never change.
+    return queries.image_bytes(_settings, bucket, key)
+
+
 def show_images(settings: Settings) -> None:
     sample = queries.frame(settings, queries.SAMPLE_IMAGES, {"limit": SAMPLE_IMAGES})
     if sample.empty:
         st.info("No product image in the lake yet.")
         return
     for column, row in zip(st.columns(len(sample)), sample.itertuples(), strict=True):
-        image = queries.image_bytes(settings, row.image_bucket, row.image_key)
+        image = cached_image(settings, row.image_bucket, row.image_key)
         column.image(image, caption=f"{row.prdtypecode} {row.category}: {row.designation[:60]}")

@@ -3,7 +3,9 @@ each gate decision and its intervals, the confusion matrix and per-class F1."""
 
 from __future__ import annotations
 
+import io
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +23,9 @@ RUN_COLUMNS = {
     "metrics.cv_f1_weighted": "cv_f1_weighted",
     "metrics.test_f1_weighted": "test_f1_weighted",
 }
+RUNS_TTL = 30  # seconds the run list is reused across sessions (new runs show up after it)
+ARTIFACTS = ("evaluation/per_class_report.csv", "evaluation/confusion_matrix.png")
+
 FAMILY_COLUMNS = {
     "params.family": "family",
     "metrics.cv_f1_weighted": "cv_f1_weighted",
@@ -40,7 +45,7 @@ def render(settings: Settings) -> None:
     else:
         st.dataframe(promotions, hide_index=True)
 
-    runs = queries.training_runs(settings)
+    runs = cached_runs(settings, settings.mlflow_experiment)
     st.subheader("Training runs per dataset version")
     if runs.empty:
         st.info(f"No finished run in the MLflow experiment {settings.mlflow_experiment!r}.")
@@ -54,7 +59,7 @@ def render(settings: Settings) -> None:
     run_id = st.selectbox("Run", table["run_id"], format_func=lambda r: describe(table, r))
     run = runs[runs["run_id"] == run_id].iloc[0]
     st.subheader("Cross-validation per family")
-    families = queries.family_runs(settings, run["experiment_id"], run_id)
+    families = cached_families(settings, run["experiment_id"], run_id)
     if families.empty:
         st.info("This run logged no family runs.")
     else:
@@ -69,22 +74,43 @@ def describe(table: pd.DataFrame, run_id: str) -> str:
     return f"{row.get('started')} {row.get('best_family', '')} ({run_id[:8]})"
 
 
+# MLflow answers in hundreds of milliseconds to seconds per call: what a run logged never
+# changes, so it is fetched once per process (the `_settings` argument is not hashed).
+@st.cache_data(ttl=RUNS_TTL, show_spinner=False)
+def cached_runs(_settings: Settings, experiment: str) -> pd.DataFrame:
+    return queries.training_runs(_settings)
+
+
+@st.cache_data(show_spinner=False)
+def cached_families(_settings: Settings, experiment_id: str, run_id: str) -> pd.DataFrame:
+    return queries.family_runs(_settings, experiment_id, run_id)
+
+
+@st.cache_data(ttl=RUNS_TTL, show_spinner=False)
+def evaluation_artifacts(_settings: Settings, run_id: str) -> dict[str, bytes] | None:
+    """The run's per-class report and confusion matrix (None until it is evaluated)."""
+    with tempfile.TemporaryDirectory(prefix="control-room-") as folder:
+        with ThreadPoolExecutor(max_workers=len(ARTIFACTS)) as pool:
+            paths = list(pool.map(
+                lambda path: queries.run_artifact(_settings, run_id, path, Path(folder)),
+                ARTIFACTS,
+            ))
+        if any(path is None for path in paths):
+            return None
+        return {name: path.read_bytes() for name, path in zip(ARTIFACTS, paths, strict=True)}
+
+
 def show_evaluation(settings: Settings, run_id: str) -> None:
     st.subheader("Evaluation on the test rows")
-    with tempfile.TemporaryDirectory(prefix="control-room-") as folder:
-        report = queries.run_artifact(
-            settings, run_id, "evaluation/per_class_report.csv", Path(folder)
-        )
-        matrix = queries.run_artifact(
-            settings, run_id, "evaluation/confusion_matrix.png", Path(folder)
-        )
-        if report is None or matrix is None:
-            st.info("This run has not been evaluated yet (`rakuten-mlops evaluate`).")
-            return
-        per_class = pd.read_csv(report)
-        st.markdown("**Per-class F1**")
-        labels = per_class["prdtypecode"].astype(str) + " " + per_class["category"].fillna("")
-        st.bar_chart(per_class.set_index(labels)["f1"], horizontal=True, y_label="F1")
-        st.dataframe(per_class, hide_index=True)
-        st.markdown("**Confusion matrix**")
-        st.image(matrix.read_bytes())
+    found = evaluation_artifacts(settings, run_id)
+    if found is None:
+        st.info("This run has not been evaluated yet (`rakuten-mlops evaluate`).")
+        return
+    report, matrix = (found[name] for name in ARTIFACTS)
+    per_class = pd.read_csv(io.BytesIO(report))
+    st.markdown("**Per-class F1**")
+    labels = per_class["prdtypecode"].astype(str) + " " + per_class["category"].fillna("")
+    st.bar_chart(per_class.set_index(labels)["f1"], horizontal=True, y_label="F1")
+    st.dataframe(per_class, hide_index=True)
+    st.markdown("**Confusion matrix**")
+    st.image(matrix)

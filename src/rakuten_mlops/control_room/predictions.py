@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import altair as alt
 import httpx
 import pandas as pd
 import streamlit as st
@@ -31,7 +32,12 @@ def render(settings: Settings) -> None:
     left.markdown("**Predictions per hour**")
     left.bar_chart(per_hour.set_index("hour")["predictions"])
     right.markdown("**Latency (ms), p50 and p95**")
-    right.line_chart(per_hour.set_index("hour")[["p50_latency_ms", "p95_latency_ms"]])
+    latency = per_hour.melt("hour", ["p50_latency_ms", "p95_latency_ms"], "quantile", "ms")
+    # Points as well as lines: an hour alone (a fresh stack) is still visible.
+    right.altair_chart(
+        alt.Chart(latency).mark_line(point=True).encode(x="hour:T", y="ms:Q", color="quantile:N"),
+        use_container_width=True,
+    )
     st.markdown("**Class mix**")
     mix = queries.frame(settings, queries.CLASS_MIX, {"start": start, "end": end})
     mix["class"] = mix["prdtypecode"].astype(str) + " " + mix["category"]

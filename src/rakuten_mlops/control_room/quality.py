@@ -55,7 +55,9 @@ def highlight_drift(row: pd.Series) -> list[str]:
 
 
 def show_statistic(statistics: pd.DataFrame) -> None:
-    metric = st.selectbox("Statistic", sorted(statistics["metric"].unique()))
+    metrics = sorted(statistics["metric"].unique())
+    first = metrics.index("psi") if "psi" in metrics else 0
+    metric = st.selectbox("Statistic", metrics, index=first)
     chosen = statistics[statistics["metric"] == metric]
     base = alt.Chart(chosen).encode(
         x=alt.X("window_time:T", title="window"),

@@ -50,6 +50,9 @@ def render(settings: Settings) -> None:
     if runs.empty:
         st.info(f"No finished run in the MLflow experiment {settings.mlflow_experiment!r}.")
         return
+    if "params.dataset_id" not in runs and "tags.dataset_id" in runs:
+        # Runs logged outside `rakuten-mlops train` carry the dataset as a tag only.
+        runs = runs.assign(**{"params.dataset_id": runs["tags.dataset_id"]})
     table = runs[[c for c in RUN_COLUMNS if c in runs]].rename(columns=RUN_COLUMNS)
     st.dataframe(table, hide_index=True)
     if "dataset_id" in table:
@@ -66,7 +69,7 @@ def render(settings: Settings) -> None:
         columns = [c for c in FAMILY_COLUMNS if c in families]
         cv = families[columns].rename(columns=FAMILY_COLUMNS)
         st.dataframe(cv.sort_values("cv_f1_weighted", ascending=False), hide_index=True)
-    show_evaluation(settings, run_id)
+    show_evaluation(settings, run_id, run["artifact_uri"])
 
 
 def describe(table: pd.DataFrame, run_id: str) -> str:
@@ -87,8 +90,14 @@ def cached_families(_settings: Settings, experiment_id: str, run_id: str) -> pd.
 
 
 @st.cache_data(ttl=RUNS_TTL, show_spinner=False)
-def evaluation_artifacts(_settings: Settings, run_id: str) -> dict[str, bytes] | None:
-    """The run's per-class report and confusion matrix (None until it is evaluated)."""
+def evaluation_artifacts(
+    _settings: Settings, run_id: str, artifact_uri: str
+) -> dict[str, bytes] | None:
+    """The run's per-class report and confusion matrix (None until it is evaluated):
+    from the S3 store when MLflow proxies it there, else downloaded through MLflow."""
+    found = {name: queries.stored_artifact(_settings, artifact_uri, name) for name in ARTIFACTS}
+    if all(found.values()):
+        return found
     with tempfile.TemporaryDirectory(prefix="control-room-") as folder:
         with ThreadPoolExecutor(max_workers=len(ARTIFACTS)) as pool:
             paths = list(pool.map(
@@ -100,9 +109,9 @@ def evaluation_artifacts(_settings: Settings, run_id: str) -> dict[str, bytes] |
         return {name: path.read_bytes() for name, path in zip(ARTIFACTS, paths, strict=True)}
 
 
-def show_evaluation(settings: Settings, run_id: str) -> None:
+def show_evaluation(settings: Settings, run_id: str, artifact_uri: str) -> None:
     st.subheader("Evaluation on the test rows")
-    found = evaluation_artifacts(settings, run_id)
+    found = evaluation_artifacts(settings, run_id, artifact_uri)
     if found is None:
         st.info("This run has not been evaluated yet (`rakuten-mlops evaluate`).")
         return

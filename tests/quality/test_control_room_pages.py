@@ -54,7 +54,34 @@ def control_room(drift_run, tmp_path_factory):
 
 
 def page_done(driver, title: str, texts: list[str]):
-    """The page's heading and key texts are there and its script has stopped running."""
+    """The page's heading and key texts are there and its script has stopped running
+    (an element Streamlit replaced while we read it: not yet)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return page_shown(driver, title, texts)
+    except StaleElementReferenceException:
+        return False
+
+
+def click_when_stable(xpath: str):
+    """A wait condition: click the element once it exists and is not being replaced."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def condition(driver):
+        try:
+            found = driver.find_elements(By.XPATH, xpath)
+            if found:
+                found[0].click()
+            return bool(found)
+        except StaleElementReferenceException:
+            return False
+
+    return condition
+
+
+def page_shown(driver, title: str, texts: list[str]):
     from selenium.webdriver.common.by import By
 
     headings = [h.text for h in driver.find_elements(By.TAG_NAME, "h1")]
@@ -86,7 +113,7 @@ def test_every_page_after_login(browser, screenshot, control_room):
     for path, title, _, _ in PAGES:
         # The sidebar's link (the first page's is the root URL, so by its title).
         link = f"//a[@data-testid='stSidebarNavLink'][.//*[text()={title!r}]]"
-        wait_until(browser, lambda d, x=link: d.find_elements(By.XPATH, x), PAGE_TIMEOUT)[0].click()
+        wait_until(browser, click_when_stable(link), PAGE_TIMEOUT)
         wait_until(browser, lambda d, t=title, p=path: page_done(d, t, KEY_TEXTS[p]), PAGE_TIMEOUT)
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]"), path
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stAlertContentError]"), (
@@ -109,7 +136,7 @@ def check_page(browser, path: str) -> None:
         wait_until(browser, present("[data-testid=stVegaLiteChart]"), PAGE_TIMEOUT)
         wait_until(browser, present("iframe"), PAGE_TIMEOUT)  # the window's HTML report
     if path == "predictions":
-        browser.find_element(By.XPATH, "//button[.//p[text()='Predict']]").click()
+        wait_until(browser, click_when_stable("//button[.//p[text()='Predict']]"), PAGE_TIMEOUT)
         wait_until(browser, lambda d: "model test-quality-" in d.find_element(
             By.TAG_NAME, "body").text, PAGE_TIMEOUT)
 

@@ -12,5 +12,9 @@ from streamlit.web import cli
 APP = Path(__file__).with_name("app.py")
 
 if __name__ == "__main__":
+    # MLflow's import takes seconds: paid here, before the server answers its health
+    # check, not by the first visitor of the Training page.
+    import mlflow  # noqa: F401
+
     sys.argv = ["streamlit", "run", str(APP)]
     sys.exit(cli.main())

@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     s3_console_user: str = "admin"
     s3_console_password: SecretStr | None = None
 
+    # The control room (rakuten_mlops.control_room): a Streamlit app on
+    # BIND_HOST:CONTROL_ROOM_PORT behind this login; where it reaches the API and
+    # Prometheus (default: BIND_HOST and their ports, as in local mode; compose sets both).
+    control_room_port: int = Field(8501, ge=1, le=65535)
+    control_room_user: str = "admin"
+    control_room_password: SecretStr | None = None
+    control_room_api_url: str | None = None
+    control_room_prometheus_url: str | None = None
+
     # The registered model trained and served, and the alias of the one in production.
     model_name: str = "rakuten-prdtypecode"
     model_alias: str = "champion"

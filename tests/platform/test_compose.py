@@ -319,7 +319,9 @@ def test_prometheus_scrapes_compose_services():
 # ----------------------------------------------------------------- the TLS proxy (nginx)
 
 NGINX_TEMPLATE = ROOT / "config/nginx/nginx.conf.template"
-PROXIED = {"api": 8443, "airflow-apiserver": 8444, "mlflow": 8445, "grafana": 8446}
+PROXIED = {
+    "api": 8443, "airflow-apiserver": 8444, "mlflow": 8445, "grafana": 8446, "control-room": 8447
+}
 
 
 def _nginx() -> str:
@@ -330,7 +332,7 @@ def _nginx() -> str:
 
 def test_proxy_is_the_only_way_to_the_web_services(rendered):
     services = rendered["services"]
-    for name in ("api", "airflow-apiserver", "mlflow", "grafana"):
+    for name in PROXIED:
         assert not services[name].get("ports"), f"{name} still publishes a port"
     proxy = services["proxy"]
     targets = {
@@ -340,7 +342,9 @@ def test_proxy_is_the_only_way_to_the_web_services(rendered):
     assert targets == set(PROXIED.values())
     assert set(proxy["depends_on"]) == set(PROXIED)
     upstreams = {value for key, value in proxy["environment"].items() if key.endswith("_UPSTREAM")}
-    assert upstreams == {"api:8000", "airflow-apiserver:8080", "mlflow:5000", "grafana:3000"}
+    assert upstreams == {
+        "api:8000", "airflow-apiserver:8080", "mlflow:5000", "grafana:3000", "control-room:8501"
+    }
 
 
 def test_compose_gives_the_proxy_every_template_variable(rendered):

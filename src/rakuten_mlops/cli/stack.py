@@ -101,6 +101,7 @@ def print_status(supervisor) -> bool:
         f"  API         header X-API-Key: API_CLIENT_KEY (predict) or API_ADMIN_KEY (admin)\n"
         f"  pgAdmin     email {settings.pgadmin_email}, password PGADMIN_PASSWORD\n"
         f"  S3 console  user {settings.s3_console_user}, password S3_CONSOLE_PASSWORD\n"
+        f"  control room user {settings.control_room_user}, password CONTROL_ROOM_PASSWORD\n"
         f"logs: {supervisor.log_dir}"
     )
     return all(status.state == "healthy" for status in statuses)

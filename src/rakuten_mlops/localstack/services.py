@@ -23,6 +23,7 @@ from rakuten_mlops.localstack.consoles import (
     s3_console_port,
     seaweedfs_security_env,
 )
+from rakuten_mlops.localstack.control_room import control_room_service
 from rakuten_mlops.localstack.postgres import postgres_service
 from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
@@ -424,6 +425,7 @@ def local_services(settings: Settings) -> list[Service]:
         *airflow_services(settings),
         api_service(settings),
         pgadmin_service(settings),
+        control_room_service(settings),
     ]
 
 

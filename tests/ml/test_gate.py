@@ -53,33 +53,21 @@ KEEP = PromotionPolicy()  # the default: within noise, the champion stays
 PROMOTE = PromotionPolicy(within_noise="promote")
 
 
-def _fitted(frame, profile: dict, params: dict | None = None):
+def _fitted_evaluation(frame, profile: dict, params: dict | None = None):
     profile = load_profile(profile)
     family = next(iter(profile["families"]))
     pipeline = family_pipeline(family, profile, params)
     X, y = split_xy(frame[frame["subset"].isin(profile["train_subsets"])])  # noqa: N806
-    return pipeline.fit(X, y)
-
-
-def _refit_with_c(fitted, frame, c: float):
-    """`fitted` (a LinearSVC pipeline) with only its classifier refit at C=`c` on the same
-    rows: the TF-IDF steps do not depend on C, so a fresh fit would give this model."""
-    from sklearn.base import clone
-    from sklearn.pipeline import Pipeline
-
-    X, y = split_xy(frame[frame["subset"].isin(TRAIN_SUBSETS)])  # noqa: N806
-    classifier = clone(fitted.steps[-1][1]).set_params(C=c).fit(fitted[:-1].transform(X), y)
-    return Pipeline([*fitted.steps[:-1], (fitted.steps[-1][0], classifier)])
+    return evaluate_pipeline(pipeline.fit(X, y), frame)
 
 
 @pytest.fixture(scope="module")
 def scored(sample_frame):
     """Evaluations of the real models on the sample's test rows."""
-    good = _fitted(sample_frame, GOOD, {"C": 1.0})
     return {
-        "good": evaluate_pipeline(good, sample_frame),
-        "good_c05": evaluate_pipeline(_refit_with_c(good, sample_frame, 0.5), sample_frame),
-        "weak": evaluate_pipeline(_fitted(sample_frame, WEAK), sample_frame),
+        "good": _fitted_evaluation(sample_frame, GOOD, {"C": 1.0}),
+        "good_c05": _fitted_evaluation(sample_frame, GOOD, {"C": 0.5}),
+        "weak": _fitted_evaluation(sample_frame, WEAK),
         "baseline": baseline_evaluation(sample_frame, TRAIN_SUBSETS),
     }
 

@@ -1,6 +1,6 @@
 """`airflow dags test ml_pipeline` on the shipped sample, and `ml_pipeline_docker` here.
 
-The sample is loaded into this test's own lake (as prepare_data does), then ml_pipeline
+The sample is loaded once into this module's lake (as prepare_data does), then ml_pipeline
 runs in a subprocess with the project's Airflow environment, twice: with a small real
 profile (every family searched), which registers the first model and makes it the
 champion; then with a clearly worse profile, whose model must stay a challenger and say
@@ -9,7 +9,8 @@ why. Model name, experiment, models/ and processed_data/ are the test's own.
 The docker DAG cannot run its containers here (no engine): it must fail at its first
 task with a message that says so, and its stages must be the CLI commands that
 ml_pipeline's tasks run in-process, which this test runs as they would run in the
-container (same arguments, last output line pushed to XCom).
+container (same arguments, last output line pushed to XCom), with the one-family
+LINEAR_PROFILE: their wiring is the point, the search is the first test's.
 """
 
 from __future__ import annotations
@@ -27,25 +28,47 @@ import yaml
 
 from tests.support import lake as lakehelpers
 from tests.support.lake import PROJECT
-from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
+from tests.support.profiles import LINEAR_PROFILE, TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
 
 STAGES = ["preprocess", "train", "evaluate", "promote"]
 
 
-@pytest.fixture()
-def ml_lake(settings, lake_database, sample_dir, tmp_path):
-    """The sample loaded into a lake of its own, and ML names nobody else uses."""
-    from rakuten_mlops.ml import registry
+@pytest.fixture(scope="module")
+def loaded_lake(settings, lake_database, tmp_path_factory):
+    """The sample loaded once (as prepare_data does) into the ingest lake, for this module.
 
-    name = f"test-dag-{uuid.uuid4().hex[:8]}"
+    Its tests only read the lake (the ML stages write to MLflow, S3 and their own
+    folders), so one load serves them all; the ingest tests reset it before their own."""
+    import shutil
+
+    sample = tmp_path_factory.mktemp("ml_lake") / "raw_data"
+    shutil.copytree(lakehelpers.SAMPLE, sample, ignore=shutil.ignore_patterns("README.md"))
     lake = lakehelpers.Lake(
         settings.model_copy(
             update={
                 "postgres_db": lake_database,
                 "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
-                "raw_data_dir": sample_dir,
+                "raw_data_dir": sample,
+            }
+        )
+    )
+    lake.reset()
+    loaded = lake.cli("ingest")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    return lake
+
+
+@pytest.fixture()
+def ml_lake(settings, loaded_lake, tmp_path):
+    """The loaded lake, with ML names and folders nobody else uses."""
+    from rakuten_mlops.ml import registry
+
+    name = f"test-dag-{uuid.uuid4().hex[:8]}"
+    lake = lakehelpers.Lake(
+        loaded_lake.settings.model_copy(
+            update={
                 "model_name": name,
                 "mlflow_experiment": name,
                 "models_dir": tmp_path / "models",
@@ -53,10 +76,7 @@ def ml_lake(settings, lake_database, sample_dir, tmp_path):
             }
         )
     )
-    lake.reset()
-    loaded = lake.cli("ingest")
-    assert loaded.returncode == 0, loaded.stderr[-3000:]
-    for profile in (TINY_PROFILE, WORSE_PROFILE):
+    for profile in (TINY_PROFILE, WORSE_PROFILE, LINEAR_PROFILE):
         (tmp_path / f"{profile['name']}.yaml").write_text(yaml.safe_dump(profile))
     yield lake, tmp_path
     client = registry.client(lake.settings)
@@ -239,7 +259,9 @@ def test_the_docker_stage_commands_run_the_pipeline_and_print_their_reference_la
         command = [
             part.replace("{{ ti.xcom_pull(task_ids='preprocess') }}", pushed.get("preprocess", ""))
             .replace("{{ ti.xcom_pull(task_ids='train') }}", pushed.get("train", ""))
-            .replace("{{ params.profile or '' }}", str(profiles / "tiny.yaml"))
+            # The cheapest profile: these commands' wiring is the point; the search of
+            # every family is run by the test above (and tests/ml).
+            .replace("{{ params.profile or '' }}", str(profiles / "linear.yaml"))
             for part in docker_dag["commands"][stage]["command"]
         ]
         result = lake.cli(*command, env=env)

@@ -4,8 +4,9 @@ The cases are real models trained on the shipped sample and scored on its test r
 a word+char TF-IDF LinearSVC ("good", C=1), the same with C=0.5 (within noise of it),
 a five-tree forest on 200 word features ("weak"), and the plain baseline. The pure
 decision is checked on their evaluations; then the promote stage runs end to end against
-the real MLflow and PostgreSQL (a model worse than the baseline, then a first champion)
-and each decision is found there with its interval.
+the real MLflow and PostgreSQL on the session's runs trained by the stages
+(tests/ml/conftest.py: a model worse than the baseline, then a first champion) and each
+decision is found there with its interval.
 """
 
 from __future__ import annotations
@@ -136,18 +137,13 @@ def quiet(line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def gate_settings(stack, settings, tmp_path_factory):
-    """A model name and experiment of the test's own, deleted with its records afterwards."""
-    with private_model(settings, tmp_path_factory.mktemp("gate_settings"), "test-gate") as own:
+def gate_settings(stack, settings, shared_dataset, tmp_path_factory):
+    """A model name of the test's own, deleted with its records afterwards; the runs it
+    promotes are the session's (tests/ml/conftest.py), on the shared dataset."""
+    folder = tmp_path_factory.mktemp("gate_settings")
+    processed = shared_dataset.settings.processed_data_dir
+    with private_model(settings, folder, "test-gate", processed) as own:
         yield own
-
-
-def _trained_and_evaluated(gate_settings, dataset_id: str, profile: dict) -> str:
-    from rakuten_mlops.ml.stages import run_evaluate, run_train
-
-    run_id = run_train(gate_settings, dataset_id, profile, report=quiet)
-    run_evaluate(gate_settings, run_id, report=quiet)
-    return run_id
 
 
 def _recorded(gate_settings, version: str):
@@ -164,17 +160,15 @@ def _recorded(gate_settings, version: str):
 
 
 @pytest.mark.stack
-def test_decisions_are_recorded_with_their_intervals(gate_settings, sample_frame, categories):
+def test_decisions_are_recorded_with_their_intervals(gate_settings, worse_run, tiny_run):
     from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.dataset import save_dataset
     from rakuten_mlops.ml.stages import promote
 
-    dataset = save_dataset(gate_settings, sample_frame, categories, upload=False)
     client = registry.client(gate_settings)
     name = gate_settings.model_name
 
-    # 1. Worse than the baseline, with no champion yet: not promoted.
-    weak_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, WEAK)
+    # 1. Worse than the baseline (a five-tree forest), with no champion yet: not promoted.
+    weak_run = worse_run
     weak = promote(gate_settings, weak_run, export=False)
     assert (weak.promoted, weak.alias, weak.gate_outcome) == (
         False, "challenger", WORSE_THAN_BASELINE)
@@ -190,8 +184,8 @@ def test_decisions_are_recorded_with_their_intervals(gate_settings, sample_frame
         [weak.gain_vs_baseline, weak.gain_vs_baseline_low, weak.gain_vs_baseline_high])
     assert reason == weak.reason
 
-    # 2. A good model is the first champion.
-    good_run = _trained_and_evaluated(gate_settings, dataset.dataset_id, GOOD)
+    # 2. A good model (every family searched, a linear one wins) is the first champion.
+    good_run, _ = tiny_run
     good = promote(gate_settings, good_run, export=False)
     assert (good.promoted, good.alias, good.gate_outcome) == (True, "champion", FIRST)
     assert registry.champion(gate_settings).version == good.version

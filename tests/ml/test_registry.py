@@ -2,8 +2,9 @@
 
 A first model is logged, evaluated, registered and promoted; a worse one trained on the
 same split stays a challenger and says why; the champion loaded from the registry and
-the exported copy in models/ predict identically. Everything lives under a test-only
-experiment and model name, deleted at the end.
+the exported copy in models/ predict identically. Both runs are trained once per session
+by the stages (tests/ml/conftest.py) and promoted here under this module's own model
+name; every run, experiment and model is deleted at the end.
 """
 
 from __future__ import annotations
@@ -18,34 +19,32 @@ import pytest
 
 from rakuten_mlops.ml import export, stages
 from tests.support.ml import private_model
-from tests.support.profiles import TINY_PROFILE, WORSE_PROFILE
+from tests.support.profiles import TINY_PROFILE
 
 pytestmark = pytest.mark.stack
 
 
-def quiet(line: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
-def ml_settings(stack, settings, tmp_path_factory):
-    with private_model(settings, tmp_path_factory.mktemp("ml_settings"), "test-ml") as own:
+def ml_settings(stack, settings, shared_dataset, tmp_path_factory):
+    """A registered model of this module's own, reading the session's shared dataset."""
+    folder = tmp_path_factory.mktemp("ml_settings")
+    processed = shared_dataset.settings.processed_data_dir
+    with private_model(settings, folder, "test-ml", processed) as own:
         yield own
 
 
 @pytest.fixture(scope="module")
-def dataset(ml_settings, sample_frame, categories):
-    from rakuten_mlops.ml.dataset import save_dataset
-
-    return save_dataset(ml_settings, sample_frame, categories)
+def dataset(shared_dataset):
+    return shared_dataset.dataset
 
 
 @pytest.fixture(scope="module")
-def first(ml_settings, dataset):
-    from rakuten_mlops.ml.stages import promote, run_evaluate, run_train
+def first(ml_settings, tiny_run):
+    """The session's TINY_PROFILE run (trained and evaluated once, tests/ml/conftest.py),
+    promoted here as this module's first model."""
+    from rakuten_mlops.ml.stages import promote
 
-    run_id = run_train(ml_settings, dataset.dataset_id, dict(TINY_PROFILE), report=quiet)
-    metrics = run_evaluate(ml_settings, run_id, report=quiet)
+    run_id, metrics = tiny_run
     return run_id, metrics, promote(ml_settings, run_id)
 
 
@@ -168,16 +167,15 @@ def test_champion_from_the_registry_and_the_export_predict_identically(
     assert meta["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
 
 
-def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, dataset):
+def test_a_worse_model_stays_challenger_and_says_why(ml_settings, first, worse_run):
+    """The session's WORSE_PROFILE run (trained on the same split), promoted here."""
     from rakuten_mlops.ml import registry
-    from rakuten_mlops.ml.stages import run_evaluate, run_train
 
     first_run, _, first_promotion = first
     model_file, meta_file = export.export_paths(ml_settings)
     exported_before = (model_file.read_bytes(), meta_file.read_text())
 
-    run_id = run_train(ml_settings, dataset.dataset_id, dict(WORSE_PROFILE), report=quiet)
-    run_evaluate(ml_settings, run_id, report=quiet)
+    run_id = worse_run
     promotion = stages.promote(ml_settings, run_id)
 
     assert not promotion.promoted and promotion.alias == "challenger"

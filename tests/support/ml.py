@@ -14,16 +14,19 @@ from rakuten_mlops.storage import connect
 
 
 @contextlib.contextmanager
-def private_model(settings: Settings, folder: Path, prefix: str) -> Iterator[Settings]:
+def private_model(
+    settings: Settings, folder: Path, prefix: str, processed: Path | None = None
+) -> Iterator[Settings]:
     """Settings whose registered model, experiment, trust and promotion records are the
-    caller's alone; all of them deleted on exit (a failed test may not have made them)."""
+    caller's alone; all of them deleted on exit (a failed test may not have made them).
+    `processed`: another fixture's processed_data_dir, to read the datasets it saved."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     own = settings.model_copy(
         update={
             "model_name": name,
             "mlflow_experiment": name,
             "models_dir": folder / "models",
-            "processed_data_dir": folder / "processed",
+            "processed_data_dir": processed or folder / "processed",
         }
     )
     try:

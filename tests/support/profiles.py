@@ -58,3 +58,17 @@ WORSE_PROFILE = {
         },
     },
 }
+
+# One family, one candidate, TINY_PROFILE's features: the cheapest profile whose model
+# is promoted as a first champion (not clearly worse than the plain baseline, which is
+# the same kind of model). For tests of the stages' wiring, not of the search.
+LINEAR_PROFILE = {
+    "name": "linear",
+    "cv_folds": 2,
+    "random_state": 42,
+    "n_jobs": 2,
+    "train_subsets": ["train"],
+    "baseline": True,
+    "features": TINY_PROFILE["features"],
+    "families": {"linear_svc": {"search": "grid", "grid": {"C": [1.0]}}},
+}

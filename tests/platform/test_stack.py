@@ -31,6 +31,7 @@ def test_every_service_is_healthy(stack):
         "airflow-triggerer",
         "api",
         "pgadmin",
+        "control-room",
     }
     assert set(states.values()) == {"healthy"}, states
 

@@ -20,7 +20,7 @@ from rakuten_mlops.settings import project_root
 TEMPLATE = Path("config/nginx/nginx.conf.template")
 # The variables the template uses (the image substitutes only those it is given).
 VARIABLE = re.compile(r"\$\{(PROXY_[A-Z0-9_]+)\}")
-SERVICES = ("API", "AIRFLOW", "MLFLOW", "GRAFANA")
+SERVICES = ("API", "AIRFLOW", "MLFLOW", "GRAFANA", "CONTROL_ROOM")
 CERT_FILE, KEY_FILE = "cert.pem", "key.pem"
 
 

@@ -116,17 +116,19 @@ class Snapshot:
 
 
 def lake_row_counts(settings) -> dict[str, int]:
-    """Rows of every table of the user's lake (none when it does not exist yet)."""
+    """Rows of every table of the user's lake (none when it does not exist yet: a stack
+    that pytest started on a fresh clone has only the tests' database)."""
     from rakuten_mlops.storage import connect
 
-    try:
-        with connect(settings) as conn:
-            tables = [r[0] for r in conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
-            return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
-                sql.Identifier(t))).fetchone()[0] for t in tables}
-    except psycopg.errors.InvalidCatalogName:
+    exists = _rows(settings, "postgres", "SELECT 1 FROM pg_database WHERE datname = %s",
+                   settings.postgres_db)
+    if not exists:
         return {}
+    with connect(settings) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
+        return {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier(t))).fetchone()[0] for t in tables}
 
 
 # ------------------------------------------------------------------------- removal

@@ -61,7 +61,10 @@ def pgadmin_config(settings: Settings, folder: Path) -> str:
 
 
 def local_servers_json(settings: Settings) -> dict:
-    """The repo's servers.json (compose's), pointed at local mode's PostgreSQL."""
+    """The repo's servers.json (compose's), pointed at local mode's PostgreSQL.
+
+    Its maintenance database is `postgres`, which every cluster has: the lake's database
+    appears only with the first load (a stack that pytest started never has it)."""
     servers = json.loads((project_root() / "servers.json").read_text())
     for server in servers["Servers"].values():
         server.update(
@@ -69,6 +72,7 @@ def local_servers_json(settings: Settings) -> dict:
             Host=settings.bind_host,
             Port=settings.postgres_port,
             Username=settings.postgres_user,
+            MaintenanceDB="postgres",
         )
     return servers
 

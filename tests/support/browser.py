@@ -82,7 +82,14 @@ def screenshot(browser) -> Callable[[str], Path]:
 
 
 def wait_until(browser, condition, timeout: float = PAGE_TIMEOUT):
-    """selenium's explicit wait (polls, never sleeps longer than needed)."""
+    """selenium's explicit wait (polls, never sleeps longer than needed).
+
+    A single-page app re-renders while it loads, so an element the condition just
+    found can be replaced before it is read: that poll is retried, not failed.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout).until(condition)
+    return WebDriverWait(
+        browser, timeout, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(condition)

@@ -56,8 +56,11 @@ demo: setup
 	$(CLI) champion
 	$(CLI) demo-predict
 
+# Two workers on one stack (tests/support/workers.py): most tests wait on services.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 bench: up
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

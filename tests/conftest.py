@@ -1,8 +1,8 @@
 """Shared fixtures: the real local stack, and settings isolated from the user's own data.
 
-The session fixture reuses a stack that is already up (and leaves it up), or starts one
-and stops it at the end. Tests write to their own database and buckets, never to the
-data lake a user has loaded with `make demo`.
+The session reuses a stack that is already up (and leaves it up), or starts one and stops
+it at the end. Tests write to their own database and buckets, never to the data lake a
+user has loaded with `make demo`.
 """
 
 from __future__ import annotations
@@ -10,22 +10,26 @@ from __future__ import annotations
 import os
 
 import pytest
-from pytest import MonkeyPatch
-
-monkeypatch_context = MonkeyPatch.context
 
 # Shared helpers and fixtures (tests/support), registered once for every folder.
 pytest_plugins = [
+    "tests.support.workers",
     "tests.support.lake",
     "tests.support.serving",
     "tests.support.browser",
 ]
 
-# Before anything reads settings: tests get a database and buckets of their own.
+# Before anything reads settings: tests get a database and buckets of their own, one set
+# per xdist worker (tests/support/workers.py). Everything named from this database or
+# these buckets (`<db>_ingest`, `<bucket>-quality`...) is removed at the end.
+TEST_DATABASE = "rakuten_lake_test"
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 TEST_OVERRIDES = {
-    "POSTGRES_DB": "rakuten_lake_test",
-    "S3_BUCKET_IMAGES": "test-rakuten-images",
-    "S3_BUCKET_ARTIFACTS": "test-rakuten-artifacts",
+    "POSTGRES_DB": f"{TEST_DATABASE}_{_WORKER}" if _WORKER else TEST_DATABASE,
+    "S3_BUCKET_IMAGES": f"test-rakuten-images-{_WORKER}" if _WORKER else "test-rakuten-images",
+    "S3_BUCKET_ARTIFACTS": (
+        f"test-rakuten-artifacts-{_WORKER}" if _WORKER else "test-rakuten-artifacts"
+    ),
 }
 os.environ.update(TEST_OVERRIDES)
 
@@ -44,29 +48,14 @@ def settings():
 
 
 @pytest.fixture(scope="session")
-def stack(settings):
-    """The running local stack (started here unless it already was)."""
-    from rakuten_mlops.localstack.supervisor import Supervisor
+def stack(request, settings):
+    """The running local stack, started by the first worker that needs it unless it
+    already was up; checked for traces and stopped (if started here) at the very end
+    (tests/support/workers.py)."""
+    from tests.support.workers import start_stack
 
-    supervisor = Supervisor(settings)
-    was_down = all(status.pid is None for status in supervisor.status())
-    # Services are the user's, not the tests': they must not inherit the test overrides
-    # (bootstrap still creates the test database and buckets from `settings`).
-    with monkeypatch_context() as patch:
-        for name in TEST_OVERRIDES:
-            patch.delenv(name)
-        supervisor.up(report=lambda line: print(f"[stack] {line}"))
-    # No trace (tests/support/cleanup.py): the user's stack as found, checked here, after
-    # every other fixture's teardown and before the stack stops.
-    from tests.support.cleanup import NoTrace
-
-    no_trace = NoTrace.start(settings)
-    yield supervisor
-    try:
-        no_trace.finish()
-    finally:
-        if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
-            supervisor.down(report=lambda line: print(f"[stack] {line}"))
+    every_worker = settings.model_copy(update={"postgres_db": TEST_DATABASE})
+    return start_stack(request.config, settings, TEST_OVERRIDES, every_worker)
 
 
 @pytest.fixture()

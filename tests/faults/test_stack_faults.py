@@ -351,6 +351,7 @@ def test_no_secret_on_any_command_line(stack, settings):
 
 @pytest.mark.timeout(150)
 # postgres: its orphaned backends must go before a new postmaster can start.
+@pytest.mark.exclusive
 @pytest.mark.parametrize("name", ["prometheus", "airflow-triggerer", "postgres"])
 def test_a_killed_service_is_restarted_and_counted(stack, name):
     assert stack.watchdog_process(), "stack up leaves a watchdog"
@@ -377,6 +378,7 @@ def test_a_killed_service_is_restarted_and_counted(stack, name):
     wait_until(lambda: all_healthy(stack), RECOVERY_TIMEOUT, "every service healthy")
 
 
+@pytest.mark.exclusive
 @pytest.mark.timeout(200)
 def test_a_10s_postgres_outage_leaves_every_service_running(stack, settings):
     assert stack.watchdog_process(), "stack up leaves a watchdog"
@@ -426,6 +428,7 @@ def test_back_off_doubles_to_a_minute_and_resets_once_stable():
     assert backoff.next_try - (now + STABLE_SECONDS + 5) == 1
 
 
+@pytest.mark.exclusive
 def test_stopping_the_watchdog_leaves_the_services_running(stack):
     """`down` stops the watchdog first; the services it restarted are its children and
     must not go down with it."""

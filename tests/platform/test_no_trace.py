@@ -40,6 +40,7 @@ def test_tests_own_their_database_and_buckets_and_never_the_users(user, settings
     assert not owned & {user.s3_bucket_images, user.s3_bucket_artifacts, user.s3_bucket_mlflow}
 
 
+@pytest.mark.exclusive
 def test_a_leak_is_named_and_mlflow_test_entities_are_removed_for_good(user, settings):
     from mlflow.tracking import MlflowClient
 

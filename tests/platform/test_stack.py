@@ -95,6 +95,7 @@ def test_no_project_listener_outside_loopback(stack):
     assert not exposed
 
 
+@pytest.mark.exclusive
 def test_up_restarts_only_the_killed_service(stack):
     before = {status.name: status.pid for status in stack.status()}
     # Held, so the watchdog leaves the restart to `up` (which releases every hold).
@@ -187,8 +188,9 @@ def test_mlflow_stores_artifacts_in_the_s3_store(stack, settings, s3, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
-    experiment = client.get_experiment_by_name("platform-tests") or client.get_experiment(
-        client.create_experiment("platform-tests")
+    # A test-* experiment: the session's clean-up removes it, run and artifact included.
+    experiment = client.get_experiment_by_name("test-platform") or client.get_experiment(
+        client.create_experiment("test-platform")
     )
     run = client.create_run(experiment.experiment_id)
     note = tmp_path / "note.txt"

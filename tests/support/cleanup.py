@@ -272,12 +272,12 @@ class NoTrace:
         self.removed["databases"] = len(databases)
         return during
 
-    def finish(self) -> None:
+    def finish(self, report=print) -> None:
         """Clean up, then fail (naming each difference) if the user's stack changed."""
         import time
 
         started = time.perf_counter()
         self.clean()
         left = self.before.differences(Snapshot.take(self.settings, self.test_settings))
-        print(f"[no-trace] removed {self.removed} in {time.perf_counter() - started:.1f}s")
+        report(f"[no-trace] removed {self.removed} in {time.perf_counter() - started:.1f}s")
         assert not left, "the tests left a trace in the user's stack:\n" + "\n".join(left)

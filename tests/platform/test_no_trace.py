@@ -1,10 +1,10 @@
 """The no-trace check (tests/support/cleanup.py) sees a leak, names it, and removes what
 tests create for good.
 
-The check itself runs once per session, in the teardown of the `stack` fixture
-(tests/conftest.py): after every other fixture has cleaned up, it removes the session's
-Airflow test runs, MLflow test models and experiments, test buckets and databases, then
-fails the session if the user's stack differs from its snapshot at the start. These
+The check itself runs once per session, at its end in the main process
+(tests/support/workers.py): after every worker and fixture has cleaned up, it removes
+the session's Airflow test runs, MLflow test models and experiments, test buckets and
+databases, then fails the session if the user's stack differs from its snapshot at the start. These
 tests prove each part on the real services, with names of their own.
 """
 

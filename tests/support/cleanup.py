@@ -2,9 +2,10 @@
 
 `NoTrace.start` snapshots what a user sees of the stack (Airflow DAG runs, MLflow
 experiments, deleted ones included, runs and registered model versions, S3 buckets, the
-databases and the row counts of the user's lake) once the session's stack is up.
-`NoTrace.finish`, in the teardown of the session's `stack` fixture (tests/conftest.py),
-removes what the session created and compares a new snapshot with the first:
+databases and the row counts of the user's lake) once the session's stack is up (the
+first xdist worker that needs it takes it). `NoTrace.finish`, at the end of the session
+in the main process (tests/support/workers.py), removes what the session created and
+compares a new snapshot with the first:
 
 - Airflow: the DAG runs `airflow dags test` created (run_type and triggered_by say so)
   that were not there before, deleted row by row (their task instances, XComs and notes
@@ -13,13 +14,11 @@ removes what the session created and compares a new snapshot with the first:
   tests' own `test-*` names: models deleted, experiments soft-deleted and then removed for
   good as `mlflow gc` does (their runs, logged models and artifacts, and nothing else);
 - S3: the `test-*` buckets (only tests use the prefix), emptied and removed;
-- PostgreSQL: the test databases (`<test POSTGRES_DB>*`) dropped.
+- PostgreSQL: the test databases (`rakuten_lake_test*`, every worker's) dropped.
 
-Why the stack fixture's teardown: it is set up before every other fixture that uses the
-stack, so it is torn down after all of them (their own cleanups have run), and before
-the stack is stopped (a stack the session started is still up to be looked at). An
-exception there is reported as an error of the session's last test, so a leak fails
-`make test` with the difference named.
+Why at the session's end in the main process: every worker has finished, so every
+fixture's own clean-up has run, and the stack is not yet stopped (a stack the session
+started is still up to be looked at). A leak fails `make test` with the difference named.
 """
 
 from __future__ import annotations

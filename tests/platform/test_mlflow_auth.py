@@ -8,7 +8,7 @@ import pytest
 from rakuten_mlops.mlflow_auth import AUTH_CACHE_SECONDS, DEFAULT_PERMISSION, write_config
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # MLflow's Starlette import
+@pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")  # MLflow
 def test_mlflow_reads_the_credential_cache_and_permissions(tmp_path, monkeypatch):
     from mlflow.server.auth.config import read_auth_config
 

@@ -75,7 +75,8 @@ def main() -> int:
     from rakuten_mlops.settings import get_settings
 
     settings = get_settings()
-    # As the served app (control_room/__main__.py) imports MLflow before it serves.
+    # As the served app (control_room/__main__.py) imports these before it serves.
+    import altair  # noqa: F401
     import mlflow  # noqa: F401
 
     baseline = measure(baseline_script, settings, "baseline")

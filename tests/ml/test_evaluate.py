@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score
@@ -10,10 +12,14 @@ from rakuten_mlops.errors import EvaluationError
 from rakuten_mlops.ml.evaluate import (
     Evaluation,
     baseline_evaluation,
+    confusion_figure,
     evaluate_pipeline,
     f1_gain,
     resampled_f1_weighted,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output" / "figures"
 
 
 def _evaluation(truth, predicted) -> Evaluation:
@@ -108,3 +114,28 @@ class _Constant:
 
     def predict(self, X):  # noqa: N803 - scikit-learn's naming
         return np.full(len(X), self.label)
+
+CATEGORY_NAMES = ROOT / "raw_data" / "category_names.csv"
+
+
+def test_the_confusion_matrix_shows_every_label_whole():
+    """All 27 challenge classes with their full names: every tick label is drawn inside
+    the saved image (none cut at an edge). The PNG is kept for a person to look at."""
+    import pandas as pd
+
+    names = pd.read_csv(CATEGORY_NAMES).set_index("prdtypecode")["category"].to_dict()
+    labels = sorted(names)
+    confusion = np.eye(len(labels), dtype=int) * 50 + 1
+    evaluation = Evaluation(0.9, 0.9, 0.9, int(confusion.sum()), labels, {}, confusion)
+    figure = confusion_figure(evaluation, names)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    figure.savefig(OUTPUT / "confusion_matrix.png")  # draws it, as mlflow.log_figure does
+
+    axes = figure.axes[0]
+    page = figure.bbox
+    rows = [label.get_text() for label in axes.get_yticklabels()]
+    assert rows == [f"{code} {names[code]}" for code in labels]
+    for label in [*axes.get_yticklabels(), *axes.get_xticklabels()]:
+        box = label.get_window_extent()
+        inside = box.x0 >= page.x0 and box.x1 <= page.x1 and box.y0 >= page.y0 and box.y1 <= page.y1
+        assert inside, f"tick label {label.get_text()!r} is cut at the image's edge: {box}"

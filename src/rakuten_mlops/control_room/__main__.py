@@ -12,8 +12,9 @@ from streamlit.web import cli
 APP = Path(__file__).with_name("app.py")
 
 if __name__ == "__main__":
-    # MLflow's import takes seconds: paid here, before the server answers its health
-    # check, not by the first visitor of the Training page.
+    # MLflow's import takes seconds, Altair's (every st.*_chart) a third of one: paid
+    # here, before the server answers its health check, not by the first visitor.
+    import altair  # noqa: F401
     import mlflow  # noqa: F401
 
     sys.argv = ["streamlit", "run", str(APP)]

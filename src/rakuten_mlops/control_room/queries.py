@@ -138,34 +138,55 @@ def image_bytes(settings: Settings, bucket: str, key: str) -> bytes:
 # --------------------------------------------------------------------------- MLflow
 
 
-def training_runs(settings: Settings) -> pd.DataFrame:
-    """The experiment's top-level runs (one per training), newest first."""
+RUN_LIMIT = 5000  # runs of the experiment read (trainings and their family runs)
+
+
+def experiment_id(settings: Settings) -> str | None:
+    """The id of the settings' experiment (None until the first training creates it)."""
+    import mlflow  # see experiment_runs
+
+    tracking.configure(settings, "reader")
+    experiment = mlflow.get_experiment_by_name(settings.mlflow_experiment)
+    return None if experiment is None else experiment.experiment_id
+
+
+def experiment_runs(settings: Settings, experiment: str) -> pd.DataFrame:
+    """Every run of experiment id `experiment`, trainings and their family runs, newest first.
+
+    One search for the whole page: each request to MLflow costs about 0.45 s here (its
+    basic auth checks the password's hash on every request), so the family runs are
+    picked out of this frame (`family_runs`) rather than searched for run by run.
+    """
     # mlflow is imported where used: importing it costs seconds the other pages skip.
     import mlflow
 
     tracking.configure(settings, "reader")
-    runs = mlflow.search_runs(
-        experiment_names=[settings.mlflow_experiment],
-        filter_string="attributes.status = 'FINISHED'",
+    return mlflow.search_runs(
+        experiment_ids=[experiment],
         order_by=["attributes.start_time DESC"],
-        max_results=500,
+        max_results=RUN_LIMIT,
     )
+
+
+def _parent(runs: pd.DataFrame) -> pd.Series:
+    if "tags.mlflow.parentRunId" not in runs:
+        return pd.Series(None, index=runs.index, dtype=object)
+    return runs["tags.mlflow.parentRunId"]
+
+
+def training_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The finished top-level runs (one per training) of `experiment_runs`."""
     if runs.empty:
         return runs
-    if "tags.mlflow.parentRunId" in runs:
-        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
-    return runs.reset_index(drop=True)
+    top = runs[_parent(runs).isna() & (runs["status"] == "FINISHED")]
+    return top.reset_index(drop=True)
 
 
-def family_runs(settings: Settings, experiment_id: str, run_id: str) -> pd.DataFrame:
+def family_runs(runs: pd.DataFrame, run_id: str) -> pd.DataFrame:
     """The CV table: one nested run per model family of training run `run_id`."""
-    import mlflow  # see training_runs
-
-    tracking.configure(settings, "reader")
-    return mlflow.search_runs(
-        experiment_ids=[experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{run_id}'",
-    )
+    if runs.empty:
+        return runs
+    return runs[_parent(runs) == run_id].reset_index(drop=True)
 
 
 PROXIED_ARTIFACTS = "mlflow-artifacts:/"
@@ -187,7 +208,7 @@ def stored_artifact(settings: Settings, artifact_uri: str, path: str) -> bytes |
 
 def run_artifact(settings: Settings, run_id: str, path: str, folder: Path) -> Path | None:
     """An artifact of a run downloaded into `folder` (None when the run has none)."""
-    import mlflow  # see training_runs
+    import mlflow  # see experiment_runs
 
     tracking.configure(settings, "reader")
     try:

@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import streamlit as st
 
-from rakuten_mlops.control_room import queries
+from rakuten_mlops.control_room import queries, training
+from rakuten_mlops.ml import tracking
 from rakuten_mlops.settings import Mode, Settings
 
 S3_CONSOLE_OFFSET = 4  # rakuten_mlops.localstack.consoles.s3_console_port
@@ -41,6 +42,21 @@ def endpoints(settings: Settings) -> list[tuple[str, str, str]]:
     return found
 
 
+def mlflow_url(settings: Settings, base: str) -> str:
+    """The experiment's runs in MLflow's training view (the UI's home until it exists)."""
+    from mlflow.exceptions import MlflowException  # imported by the app at start
+
+    try:
+        experiment = training.cached_experiment_id(settings, settings.mlflow_experiment)
+    except MlflowException:
+        return base
+    return base if experiment is None else tracking.experiment_ui_url(base, experiment)
+
+
+def opened_url(settings: Settings, name: str, url: str, up: bool) -> str:
+    return mlflow_url(settings, url) if name == "MLflow" and up else url
+
+
 def render(settings: Settings) -> None:
     st.title("Services")
     listed = endpoints(settings)
@@ -48,7 +64,8 @@ def render(settings: Settings) -> None:
         answers = list(pool.map(lambda entry: queries.probe(entry[2]), listed))
     table = pd.DataFrame(
         [
-            {"service": name, "health": "up" if up else "down", "answer": answer, "url": url}
+            {"service": name, "health": "up" if up else "down", "answer": answer,
+             "url": opened_url(settings, name, url, up)}
             for (name, url, _), (up, answer) in zip(listed, answers, strict=True)
         ]
     )

@@ -23,6 +23,8 @@ RUN_COLUMNS = {
     "metrics.cv_f1_weighted": "cv_f1_weighted",
     "metrics.test_f1_weighted": "test_f1_weighted",
 }
+EXPERIMENT_TTL = 3600  # seconds an experiment name's id is reused (it changes only if
+# the experiment is deleted for good and created again)
 RUNS_TTL = 30  # seconds the run list is reused across sessions (new runs show up after it)
 ARTIFACTS = ("evaluation/per_class_report.csv", "evaluation/confusion_matrix.png")
 
@@ -45,7 +47,9 @@ def render(settings: Settings) -> None:
     else:
         st.dataframe(promotions, hide_index=True)
 
-    runs = cached_runs(settings, settings.mlflow_experiment)
+    experiment = cached_experiment_id(settings, settings.mlflow_experiment)
+    every_run = pd.DataFrame() if experiment is None else cached_runs(settings, experiment)
+    runs = queries.training_runs(every_run)
     st.subheader("Training runs per dataset version")
     if runs.empty:
         st.info(f"No finished run in the MLflow experiment {settings.mlflow_experiment!r}.")
@@ -62,7 +66,7 @@ def render(settings: Settings) -> None:
     run_id = st.selectbox("Run", table["run_id"], format_func=lambda r: describe(table, r))
     run = runs[runs["run_id"] == run_id].iloc[0]
     st.subheader("Cross-validation per family")
-    families = cached_families(settings, run["experiment_id"], run_id)
+    families = queries.family_runs(every_run, run_id)
     if families.empty:
         st.info("This run logged no family runs.")
     else:
@@ -77,16 +81,18 @@ def describe(table: pd.DataFrame, run_id: str) -> str:
     return f"{row.get('started')} {row.get('best_family', '')} ({run_id[:8]})"
 
 
-# MLflow answers in hundreds of milliseconds to seconds per call: what a run logged never
-# changes, so it is fetched once per process (the `_settings` argument is not hashed).
+# MLflow answers in about half a second per request: the experiment's runs (trainings and
+# family runs together, one search) are shared by every session for RUNS_TTL seconds
+# (the `_settings` argument is not hashed).
 @st.cache_data(ttl=RUNS_TTL, show_spinner=False)
-def cached_runs(_settings: Settings, experiment: str) -> pd.DataFrame:
-    return queries.training_runs(_settings)
+def cached_runs(_settings: Settings, experiment_id: str) -> pd.DataFrame:
+    return queries.experiment_runs(_settings, experiment_id)
 
 
-@st.cache_data(show_spinner=False)
-def cached_families(_settings: Settings, experiment_id: str, run_id: str) -> pd.DataFrame:
-    return queries.family_runs(_settings, experiment_id, run_id)
+# An experiment's id never changes while it exists: one request saved per run refresh.
+@st.cache_data(ttl=EXPERIMENT_TTL, show_spinner=False)
+def cached_experiment_id(_settings: Settings, experiment: str) -> str | None:
+    return queries.experiment_id(_settings)
 
 
 @st.cache_data(ttl=RUNS_TTL, show_spinner=False)

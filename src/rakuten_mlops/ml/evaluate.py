@@ -169,10 +169,12 @@ def confusion_figure(evaluation: Evaluation, names: dict[int, str] | None = None
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros_like(counts, dtype=float), where=totals > 0)
     size = max(6.0, 0.38 * len(evaluation.labels) + 2)
-    figure, axes = plt.subplots(figsize=(size + 2, size))
+    # Constrained layout sizes the margins to the tick labels (tight_layout left the
+    # longest row labels cut at the figure's left edge).
+    figure, axes = plt.subplots(figsize=(size + 4, size), layout="constrained")
     image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
     ticks = [
-        f"{label} {names[label][:22]}" if names and label in names else str(label)
+        f"{label} {names[label]}" if names and label in names else str(label)
         for label in evaluation.labels
     ]
     axes.set_xticks(range(len(ticks)), [str(label) for label in evaluation.labels], rotation=90)
@@ -189,7 +191,6 @@ def confusion_figure(evaluation: Evaluation, names: dict[int, str] | None = None
         f"accuracy {evaluation.accuracy:.3f}, n={evaluation.n_test}"
     )
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of the true class")
-    figure.tight_layout()
     return figure
 
 

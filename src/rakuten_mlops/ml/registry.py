@@ -127,6 +127,6 @@ def champion_summary(settings: Settings, model_name: str | None = None) -> dict[
         )
     summary["promotion"] = (version.tags or {}).get("promotion", "")
     base = settings.tracking_uri.rstrip("/")
-    summary["MLflow run"] = f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    summary["MLflow run"] = tracking.run_ui_url(base, run.info.experiment_id, run.info.run_id)
     summary["MLflow model"] = f"{base}/#/models/{name}/versions/{version.version}"
     return summary

@@ -93,3 +93,20 @@ def experiment_id(settings: Settings, name: str | None = None) -> str:
     if experiment is not None:
         return experiment.experiment_id
     return mlflow.create_experiment(name)
+
+
+# MLflow 3.17's UI opens an experiment in its GenAI view (Overview, Traces) unless the
+# link asks for the training view: `workflowType` is the UI's own switch (its sidebar's
+# "GenAI | Model training", remembered per browser); the experiment tag
+# `mlflow.experimentKind` no longer decides it.
+CLASSIC_VIEW = "workflowType=machine_learning"
+
+
+def experiment_ui_url(base: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `base`, in the training view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{CLASSIC_VIEW}"
+
+
+def run_ui_url(base: str, experiment_id: str, run_id: str) -> str:
+    """One run's page in the MLflow UI at `base`, in the training view."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{CLASSIC_VIEW}"

@@ -10,6 +10,7 @@ so a person can see what the assertions saw.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,9 +88,16 @@ def wait_until(browser, condition, timeout: float = PAGE_TIMEOUT):
     A single-page app re-renders while it loads, so an element the condition just
     found can be replaced before it is read: that poll is retried, not failed.
     """
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(
-        browser, timeout, ignored_exceptions=(StaleElementReferenceException,)
-    ).until(condition)
+    try:
+        return WebDriverWait(
+            browser, timeout, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
+    except TimeoutException as timeout_error:
+        # What the page showed when the wait gave up, to look at after a failed run.
+        shot = save_screenshot(browser, f"timed-out-{time.strftime('%H%M%S')}")
+        raise TimeoutException(
+            f"waited {timeout}s on {browser.current_url}; the page then: {shot}"
+        ) from timeout_error

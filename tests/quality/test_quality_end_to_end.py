@@ -18,6 +18,7 @@ pytestmark = pytest.mark.stack
 TASKS = (
     "migrate_schema",
     "reference",
+    "interval",
     "pending_batches",
     "check_batch",
     "check_inference",

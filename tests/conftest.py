@@ -48,7 +48,9 @@ def stack(settings):
     """The running local stack (started here unless it already was)."""
     from rakuten_mlops.localstack.supervisor import Supervisor
 
-    supervisor = Supervisor(settings)
+    # A stack started here leaves DAGs paused: data_quality's schedule would write to the
+    # user's lake while the no-trace check compares it (rakuten_mlops.localstack.schedules).
+    supervisor = Supervisor(settings.model_copy(update={"stack_schedule_dags": False}))
     was_down = all(status.pid is None for status in supervisor.status())
     # Services are the user's, not the tests': they must not inherit the test overrides
     # (bootstrap still creates the test database and buckets from `settings`).

@@ -115,8 +115,11 @@ def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = No
     )
 
 
-def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_lake, settings):
-    """First run by hand; the second is the one a data-quality breach starts."""
+def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
+    ml_lake, settings, browser, screenshot
+):
+    """First run by hand; the second is the one a data-quality breach starts, and the
+    control room shows that chain."""
     from rakuten_mlops.ml import registry
 
     lake, profiles = ml_lake
@@ -190,6 +193,37 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_
     assert (alias, outcome, cause) == ("challenger", "worse_than_baseline", quality_run)
     # The export still describes the champion.
     assert json.loads((lake.settings.models_dir / f"{name}.json").read_text())["version"] == "1"
+    chain = control_room_chain(lake, env, profiles, browser, screenshot)
+    assert quality_run in chain and run_id in chain and "worse_than_baseline" in chain
+
+
+def control_room_chain(lake, env: dict[str, str], folder: Path, browser, screenshot) -> str:
+    """The control room's Data quality page on this lake, through Chromium: the text of
+    its "Retraining after a breach" section (screenshot: control-room-retraining-chain)."""
+    from selenium.webdriver.common.by import By
+
+    from tests.support.browser import wait_until
+    from tests.support.control_room import PAGE_TIMEOUT, ControlRoomServer, log_in
+
+    user, password = "test-operator", "test-control-room-password-0123"
+    server = ControlRoomServer(lake.settings, folder / "control-room.log", **env,
+                               CONTROL_ROOM_USER=user, CONTROL_ROOM_PASSWORD=password)
+    try:
+        server.start()
+        browser.set_window_size(1400, 2400)
+        log_in(browser, f"{server.base_url}/quality", user, password)
+
+        def chain_shown(driver):
+            body = driver.find_element(By.TAG_NAME, "body").text
+            return "Retraining after a breach" in body and "worse_than_baseline" in body
+
+        wait_until(browser, chain_shown, PAGE_TIMEOUT)
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+        screenshot("control-room-retraining-chain")
+        body = browser.find_element(By.TAG_NAME, "body").text
+        return body[body.index("Retraining after a breach"):body.index("Windows and their")]
+    finally:
+        server.stop()
 
 
 SHIFTED_ROWS = 150  # above config/quality.yaml's min_current (100): drift can be flagged

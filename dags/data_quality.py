@@ -85,7 +85,7 @@ def data_quality():
 
         run = context["dag_run"]
         start, end = dag_run_interval(
-            str(run.run_type), context.get("logical_date"),
+            getattr(run.run_type, "value", str(run.run_type)), context.get("logical_date"),
             context.get("data_interval_start"), datetime.now(UTC),
         )
         print(f"checking [{start.isoformat()}, {end.isoformat()})")

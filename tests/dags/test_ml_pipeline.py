@@ -28,6 +28,7 @@ import yaml
 
 from tests.support import lake as lakehelpers
 from tests.support.lake import PROJECT
+from tests.support.paused_dags import paused
 from tests.support.profiles import LINEAR_PROFILE, TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
@@ -151,11 +152,13 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     shifted = load_shifted_batch(lake, profiles)
     env = {**ml_env(lake), "QUALITY_TRIGGER_RETRAIN": "true",
            "TRAINING_PROFILE": str(profiles / "worse.yaml")}
-    with paused_ml_pipeline(settings), triggered_runs(settings) as caused:
+    # Both paused: the stack's scheduler must not take their tasks or the triggered run
+    # (it would run them with the user's settings); restored after.
+    with paused(settings, "data_quality", "ml_pipeline"), triggered_runs(settings) as caused:
         quality = dags_test("data_quality", env, settings)
         log = quality.stdout + quality.stderr
         assert quality.returncode == 0, log[-5000:]
-        assert "trigger ml_pipeline: True (QUALITY_TRIGGER_RETRAIN=True)" in log
+        assert "trigger ml_pipeline: True (QUALITY_TRIGGER_RETRAIN=True)" in log, log[-5000:]
         [(run_id, conf)] = caused()
         quality_run = conf["data_quality_run_id"]
         assert run_id == f"data_quality__{quality_run}"
@@ -200,6 +203,7 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
 def control_room_chain(lake, env: dict[str, str], folder: Path, browser, screenshot) -> str:
     """The control room's Data quality page on this lake, through Chromium: the text of
     its "Retraining after a breach" section (screenshot: control-room-retraining-chain)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     from tests.support.browser import wait_until
@@ -211,15 +215,27 @@ def control_room_chain(lake, env: dict[str, str], folder: Path, browser, screens
     try:
         server.start()
         browser.set_window_size(1400, 2400)
-        log_in(browser, f"{server.base_url}/quality", user, password)
+        log_in(browser, server.base_url, user, password)
+        link = "//a[@data-testid='stSidebarNavLink'][.//*[text()='Data quality and drift']]"
+
+        def open_page(driver):  # the login lands on the first page
+            found = driver.find_elements(By.XPATH, link)
+            if found:
+                with contextlib.suppress(StaleElementReferenceException):
+                    found[0].click()
+                    return True
+            return False
 
         def chain_shown(driver):
             body = driver.find_element(By.TAG_NAME, "body").text
             return "Retraining after a breach" in body and "worse_than_baseline" in body
 
-        wait_until(browser, chain_shown, PAGE_TIMEOUT)
+        wait_until(browser, open_page, PAGE_TIMEOUT)
+        try:
+            wait_until(browser, chain_shown, PAGE_TIMEOUT)
+        finally:
+            screenshot("control-room-retraining-chain")
         assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
-        screenshot("control-room-retraining-chain")
         body = browser.find_element(By.TAG_NAME, "body").text
         return body[body.index("Retraining after a breach"):body.index("Windows and their")]
     finally:
@@ -266,21 +282,6 @@ def airflow_db(settings):
     from rakuten_mlops.storage import connect
 
     return connect(settings, database=settings.airflow_db, autocommit=True)
-
-
-@contextlib.contextmanager
-def paused_ml_pipeline(settings):
-    """The stack's scheduler must not take the triggered run (it would train with the
-    user's settings): ml_pipeline paused meanwhile, as it is unless the user's own
-    QUALITY_TRIGGER_RETRAIN is on; restored after."""
-    with airflow_db(settings) as conn:
-        [was] = conn.execute("SELECT is_paused FROM dag WHERE dag_id = 'ml_pipeline'").fetchone()
-        conn.execute("UPDATE dag SET is_paused = true WHERE dag_id = 'ml_pipeline'")
-    try:
-        yield
-    finally:
-        with airflow_db(settings) as conn:
-            conn.execute("UPDATE dag SET is_paused = %s WHERE dag_id = 'ml_pipeline'", (was,))
 
 
 @contextlib.contextmanager
@@ -333,11 +334,10 @@ from sqlalchemy import select
 run_id = sys.argv[2]
 
 
-def the_triggered_run(*, dag, session, **_):
+def the_triggered_run(*, dag, session, start_date, **_):
     run = session.scalar(select(dagrun.DagRun).where(
         dagrun.DagRun.dag_id == dag.dag_id, dagrun.DagRun.run_id == run_id))
-    run.state = DagRunState.RUNNING
-    run.dag = dag
+    run.state, run.start_date, run.dag = DagRunState.RUNNING, start_date, dag
     session.commit()
     return run
 

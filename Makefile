@@ -55,6 +55,11 @@ demo: setup
 	@echo "ml_pipeline succeeded (run log: .stack/logs/demo-ml_pipeline.log, task logs in the Airflow UI); the champion:"
 	$(CLI) champion
 	$(CLI) demo-predict
+	@echo "data_quality: checking the batch just loaded and today's predictions..."
+	$(CLI) airflow dags test data_quality > .stack/logs/demo-data_quality.log 2>&1 \
+		|| { tail -40 .stack/logs/demo-data_quality.log; \
+		     echo "task logs: the Airflow UI, or .stack/airflow/logs/dag_id=data_quality/"; exit 1; }
+	$(CLI) quality-summary
 
 # Two workers on one stack (tests/support/workers.py): most tests wait on services.
 TEST_WORKERS ?= 2

@@ -1,15 +1,17 @@
 """
 ### data_quality: do new batches and live traffic still look like the training data?
 
-Daily (backfillable: each run covers its data interval, `[data_interval_start,
-data_interval_end)`), compares a **reference**, the training data of the current
+Daily (backfillable: the scheduled run for day D covers [D, D + 1 day)), compares a
+**reference**, the training data of the current
 champion (`MODEL_NAME@champion`; without one, the lake's labelled train-subset products,
 and the run says so), with each **window**:
 
 1. `migrate_schema`: apply pending lake migrations (`quality_windows`, `quality_results`).
 2. `reference`: which reference this run uses; the champion's feature profile is
    computed once and cached in S3 (`quality/reference/`).
-3. `pending_batches`: load batches never checked, and those that finished in the interval.
+3. `interval`: which day this run checks (`quality.windows.dag_run_interval`, the rule
+   the `data-quality` command follows too); `pending_batches`: load batches never
+   checked that finished before its end, and those that finished in it.
 4. `check_batch` (one mapped task per batch) and `check_inference` (the inference log of
    the interval): drift (PSI, Jensen-Shannon distance, KL divergence per feature) and
    quality (empty, duplicate, outlier ratios, class imbalance, emptiness/class
@@ -21,8 +23,11 @@ and the run says so), with each **window**:
 
 Thresholds: `config/quality.yaml`. Windows too small to tell never flag drift (their
 rows say why). Re-running a date replaces its windows. A scheduled run for day D covers
-[D, D+1) and starts after it; a manual run (`airflow dags test data_quality D`) covers
-the last complete day before D. Same code as `python -m rakuten_mlops data-quality`.
+[D, D+1) and starts after it; `airflow dags test data_quality D` (D a day) covers day D,
+like `data-quality --date D`; a manual run without a day (the trigger button, `airflow
+dags test data_quality`) covers today so far, like `data-quality`: the batch
+`prepare_data` just loaded is checked. Same code as `python -m rakuten_mlops data-quality`.
+The DAG is unpaused when the stack starts (`stack up`); the others stay manual.
 Dashboards: Grafana "Data quality" and "Drift".
 """
 
@@ -72,12 +77,30 @@ def data_quality():
         return found.as_dict()
 
     @task
-    def pending_batches(**context) -> list[int]:
+    def interval(**context) -> list[str]:
+        """Which day this run checks: the rule the `data-quality` command follows too."""
+        from datetime import UTC, datetime
+
+        from rakuten_mlops.quality.windows import dag_run_interval
+
+        run = context["dag_run"]
+        start, end = dag_run_interval(
+            getattr(run.run_type, "value", str(run.run_type)), context.get("logical_date"),
+            context.get("data_interval_start"), datetime.now(UTC),
+        )
+        print(f"checking [{start.isoformat()}, {end.isoformat()})")
+        return [start.isoformat(), end.isoformat()]
+
+    @task
+    def pending_batches(checked: list[str]) -> list[int]:
+        from datetime import datetime
+
         from rakuten_mlops.quality.windows import pending_batches as pending
         from rakuten_mlops.storage import connect
 
+        start, end = (datetime.fromisoformat(t) for t in checked)
         with connect() as conn:
-            batches = pending(conn, context["data_interval_start"], context["data_interval_end"])
+            batches = pending(conn, start, end)
         print(f"load batches to check: {batches or 'none'}")
         return batches
 
@@ -98,13 +121,15 @@ def data_quality():
         return result.summary()
 
     @task
-    def check_inference(reference: dict, **context) -> dict:
+    def check_inference(reference: dict, checked: list[str], **context) -> dict:
+        from datetime import datetime
+
         from rakuten_mlops.quality.job import check_window
         from rakuten_mlops.quality.results import Reference
         from rakuten_mlops.quality.windows import inference_window
         from rakuten_mlops.settings import get_settings
 
-        window = inference_window(context["data_interval_start"], context["data_interval_end"])
+        window = inference_window(*(datetime.fromisoformat(t) for t in checked))
         result = check_window(
             get_settings(), window, Reference(**reference), dag_run_id=context["run_id"]
         )
@@ -153,10 +178,11 @@ def data_quality():
 
     migrated = migrate_schema()
     ref = reference()
-    batches = pending_batches()
-    migrated >> [ref, batches]
+    checked_interval = interval()
+    batches = pending_batches(checked_interval)
+    migrated >> [ref, checked_interval]
     checked = check_batch.partial(reference=ref).expand(batch_id=batches)
-    inference = check_inference(ref)
+    inference = check_inference(ref, checked_interval)
     summaries = summarize()
     [checked, inference] >> summaries
     retrain_wanted(summaries) >> trigger

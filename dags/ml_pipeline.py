@@ -21,6 +21,10 @@ loaded into the lake:
    promoted), else it becomes `challenger` and the run says why. A new champion is
    exported to `models/`.
 
+**Triggered by `data_quality`** on a breach when `QUALITY_TRIGGER_RETRAIN` is true (its
+conf names the data_quality run, kept as the MLflow tag `data_quality_run_id` and in the
+gate's recorded decision). The stack unpauses this DAG only then.
+
 **Params**: `profile`: `quick` (small grids, the demo), `full` (the real search), or a
 path to a profile YAML; empty uses the `TRAINING_PROFILE` setting.
 
@@ -84,9 +88,13 @@ def ml_pipeline():
         from rakuten_mlops.settings import get_settings
 
         profile = context["params"].get("profile") or None
-        return run_train(
-            get_settings(), dataset_id, profile, extra_tags={"airflow_run_id": context["run_id"]}
-        )
+        tags = {"airflow_run_id": context["run_id"]}
+        # A run that data_quality triggered on a breach says so: the control room shows
+        # the chain breach -> run -> gate decision from these tags.
+        cause = (context["dag_run"].conf or {}).get("data_quality_run_id")
+        if cause:
+            tags["data_quality_run_id"] = cause
+        return run_train(get_settings(), dataset_id, profile, extra_tags=tags)
 
     @task
     def evaluate(mlflow_run_id: str) -> str:

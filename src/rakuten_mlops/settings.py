@@ -181,6 +181,9 @@ class Settings(BaseSettings):
     # triggers the ml_pipeline DAG (retraining).
     quality_config: Path = Path("config/quality.yaml")
     quality_trigger_retrain: bool = False
+    # `stack up` unpauses data_quality (and ml_pipeline when the trigger is on):
+    # rakuten_mlops.localstack.schedules. False leaves every DAG's pause state alone.
+    stack_schedule_dags: bool = True
     # The train/validation/test split of labelled products (rakuten_mlops.ingest.split)
     split_seed: int = 42
     split_validation_fraction: float = Field(0.15, ge=0, lt=1)

@@ -28,6 +28,7 @@ import yaml
 
 from tests.support import lake as lakehelpers
 from tests.support.lake import PROJECT
+from tests.support.paused_dags import paused
 from tests.support.profiles import LINEAR_PROFILE, TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
@@ -115,14 +116,19 @@ def dags_test(dag_id: str, env: dict[str, str], settings, conf: dict | None = No
     )
 
 
-def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_lake, settings):
+def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
+    ml_lake, settings, browser, screenshot
+):
+    """First run by hand; the second is the one a data-quality breach starts, and the
+    control room shows that chain."""
     from rakuten_mlops.ml import registry
 
     lake, profiles = ml_lake
     name = lake.settings.model_name
-    first = dags_test(
-        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
-    )
+    with paused(settings, "ml_pipeline"):  # see below
+        first = dags_test(
+            "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
+        )
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-5000:]
     for task in STAGES:
@@ -134,30 +140,228 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(ml_
     run = client.get_run(champion.run_id)
     assert champion.version == "1"
     assert run.data.tags["airflow_run_id"].startswith("manual__")
+    assert "data_quality_run_id" not in run.data.tags
     assert run.data.tags["profile"] == "tiny"
     assert int(run.data.params["dataset_rows_train"]) > 1000  # the lake's split, from SQL
     assert run.data.metrics["test_f1_weighted"] > 0.5
     exported = json.loads((lake.settings.models_dir / f"{name}.json").read_text())
     assert (exported["version"], exported["run_id"]) == ("1", champion.run_id)
 
-    second = dags_test(
-        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "worse.yaml")}
-    )
-    log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-5000:]
-    assert "promotion: challenger: clearly worse than the plain baseline" in log
+    # A shifted batch arrives; data_quality, with the trigger on, sees the breach and
+    # starts ml_pipeline, whose run trains on the lake with that batch (the worse profile
+    # as the TRAINING_PROFILE setting: a triggered run carries no profile).
+    shifted = load_shifted_batch(lake, profiles)
+    env = {**ml_env(lake), "QUALITY_TRIGGER_RETRAIN": "true",
+           "TRAINING_PROFILE": str(profiles / "worse.yaml")}
+    # Both paused: the stack's scheduler must not take their tasks or the triggered run
+    # (it would run them with the user's settings); restored after.
+    with paused(settings, "data_quality", "ml_pipeline"), triggered_runs(settings) as caused:
+        quality = dags_test("data_quality", env, settings)
+        log = quality.stdout + quality.stderr
+        assert quality.returncode == 0, log[-5000:]
+        assert "trigger ml_pipeline: True (QUALITY_TRIGGER_RETRAIN=True)" in log, log[-5000:]
+        [(run_id, conf)] = caused()
+        quality_run = conf["data_quality_run_id"]
+        assert run_id == f"data_quality__{quality_run}"
+        with lake.connect() as conn:
+            status, breached = conn.execute(
+                "SELECT status, breached_features FROM quality_windows"
+                " WHERE batch_id = %s AND dag_run_id = %s", (shifted, quality_run)).fetchone()
+        assert status == "breach" and "uppercase_ratio" in breached
+
+        second = run_triggered(run_id, env, settings)
+        log = second.stdout + second.stderr
+        assert second.returncode == 0, log[-5000:]
+        assert dag_run_state(settings, run_id) == "success", log[-5000:]
+
     assert client.get_model_version_by_alias(name, "champion").version == "1"
     challenger = client.get_model_version_by_alias(name, "challenger")
     assert challenger.version == "2"
     worse_run = client.get_run(challenger.run_id)
     assert worse_run.data.tags["profile"] == "worse"
+    assert worse_run.data.tags["airflow_run_id"] == run_id
+    assert worse_run.data.tags["data_quality_run_id"] == quality_run
+    # Trained on the lake including the shifted batch.
+    assert int(worse_run.data.params["dataset_rows_train"]) > int(
+        run.data.params["dataset_rows_train"])
     assert worse_run.data.metrics["test_f1_weighted"] < run.data.metrics["test_f1_weighted"]
     # The gate's evidence: worse than the baseline beyond noise, and worse than v1.
     assert worse_run.data.tags["gate_outcome"] == "worse_than_baseline"
     assert worse_run.data.metrics["gate_gain_vs_baseline_high"] < 0
     assert worse_run.data.metrics["gate_gain_vs_champion_high"] < 0
+    # ... recorded with its cause, where the control room reads the chain.
+    with lake.connect() as conn:
+        alias, outcome, cause = conn.execute(
+            "SELECT alias, gate_outcome, details->>'data_quality_run_id' FROM model_promotions"
+            " WHERE model_name = %s AND version = '2'", (name,)).fetchone()
+    assert (alias, outcome, cause) == ("challenger", "worse_than_baseline", quality_run)
     # The export still describes the champion.
     assert json.loads((lake.settings.models_dir / f"{name}.json").read_text())["version"] == "1"
+    chain = control_room_chain(lake, env, profiles, browser, screenshot)
+    assert quality_run in chain and run_id in chain and "worse_than_baseline" in chain
+
+
+def control_room_chain(lake, env: dict[str, str], folder: Path, browser, screenshot) -> str:
+    """The control room's Data quality page on this lake, through Chromium: the text of
+    its "Retraining after a breach" section (screenshot: control-room-retraining-chain)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    from tests.support.browser import wait_until
+    from tests.support.control_room import PAGE_TIMEOUT, ControlRoomServer, log_in
+
+    user, password = "test-operator", "test-control-room-password-0123"
+    server = ControlRoomServer(lake.settings, folder / "control-room.log", **env,
+                               CONTROL_ROOM_USER=user, CONTROL_ROOM_PASSWORD=password)
+    try:
+        server.start()
+        browser.set_window_size(1400, 2400)
+        log_in(browser, server.base_url, user, password)
+        link = "//a[@data-testid='stSidebarNavLink'][.//*[text()='Data quality and drift']]"
+
+        def open_page(driver):  # the login lands on the first page
+            found = driver.find_elements(By.XPATH, link)
+            if found:
+                with contextlib.suppress(StaleElementReferenceException):
+                    found[0].click()
+                    return True
+            return False
+
+        def chain_shown(driver):
+            body = driver.find_element(By.TAG_NAME, "body").text
+            return "Retraining after a breach" in body and "worse_than_baseline" in body
+
+        wait_until(browser, open_page, PAGE_TIMEOUT)
+        try:
+            wait_until(browser, chain_shown, PAGE_TIMEOUT)
+        finally:
+            screenshot("control-room-retraining-chain")
+        assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid=stException]")
+        body = browser.find_element(By.TAG_NAME, "body").text
+        return body[body.index("Retraining after a breach"):body.index("Windows and their")]
+    finally:
+        server.stop()
+
+
+SHIFTED_ROWS = 150  # above config/quality.yaml's min_current (100): drift can be flagged
+
+
+def load_shifted_batch(lake, folder: Path) -> int:
+    """A new load batch of SHIFTED_ROWS products that shout: copies of the sample's first
+    train records under new indices and product ids, upper-cased (labels kept, so the
+    lake's other models still learn the same classes). Returns its batch id."""
+    import shutil
+
+    import pandas as pd
+
+    raw = folder / "shifted_raw"
+    shutil.copytree(lake.settings.raw_data_dir, raw, ignore=shutil.ignore_patterns("images"))
+    x_file, y_file = raw / "X_train_update.csv", raw / "Y_train_CVw08PX.csv"
+    x = pd.read_csv(x_file, index_col=0, dtype=str, keep_default_na=False)
+    y = pd.read_csv(y_file, index_col=0, dtype=str, keep_default_na=False)
+    new = x.iloc[:SHIFTED_ROWS].copy()
+    new.index = range(x.index.astype(int).max() + 1, x.index.astype(int).max() + 1 + len(new))
+    new["productid"] = [str(10**9 + i) for i in range(len(new))]
+    new["imageid"] = [str(2 * 10**9 + i) for i in range(len(new))]
+    new[["designation", "description"]] = new[["designation", "description"]].apply(
+        lambda column: column.str.upper())
+    labels = y.iloc[:SHIFTED_ROWS].copy()
+    labels.index = new.index
+    pd.concat([x, new]).to_csv(x_file)
+    pd.concat([y, labels]).to_csv(y_file)
+    loaded = lake.with_raw(raw).cli("ingest", "--slice", "all")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    with lake.connect() as conn:
+        batch, rows = conn.execute(
+            "SELECT batch_id, count(*) FROM products GROUP BY batch_id"
+            " ORDER BY batch_id DESC LIMIT 1").fetchone()
+    assert rows == SHIFTED_ROWS
+    return batch
+
+
+def airflow_db(settings):
+    from rakuten_mlops.storage import connect
+
+    return connect(settings, database=settings.airflow_db, autocommit=True)
+
+
+@contextlib.contextmanager
+def triggered_runs(settings):
+    """Yields a function listing the ml_pipeline runs data_quality triggered since; at
+    the end deletes them and their task logs (they are not `dags test` runs, which the
+    session's no-trace check removes)."""
+    import shutil
+
+    from rakuten_mlops.localstack.services import airflow_home
+
+    query = ("SELECT run_id, conf FROM dag_run WHERE dag_id = 'ml_pipeline'"
+             " AND run_id LIKE 'data\\_quality\\_\\_%'")
+    with airflow_db(settings) as conn:
+        before = {r[0] for r in conn.execute(query)}
+
+    def caused() -> list[tuple[str, dict]]:
+        with airflow_db(settings) as conn:
+            return [(r[0], r[1]) for r in conn.execute(query) if r[0] not in before]
+
+    try:
+        yield caused
+    finally:
+        for run_id, _ in caused():
+            with airflow_db(settings) as conn:
+                conn.execute("DELETE FROM dag_run WHERE dag_id = 'ml_pipeline' AND run_id = %s",
+                             (run_id,))
+            shutil.rmtree(airflow_home(settings) / "logs" / "dag_id=ml_pipeline"
+                          / f"run_id={run_id}", ignore_errors=True)
+
+
+def dag_run_state(settings, run_id: str) -> str:
+    with airflow_db(settings) as conn:
+        return conn.execute("SELECT state FROM dag_run WHERE dag_id = 'ml_pipeline'"
+                            " AND run_id = %s", (run_id,)).fetchone()[0]
+
+
+# `airflow dags test` always makes a run of its own (Airflow 3.3's `DAG.test` replaces a
+# run at the same logical date): this runs the queued run data_quality triggered, with
+# the same loop, by handing `DAG.test` that run instead of a new one.
+RUN_TRIGGERED = """
+import sys
+
+import airflow.models.dagrun as dagrun
+from airflow.dag_processing.dagbag import DagBag
+from airflow.utils.session import create_session
+from airflow.utils.state import DagRunState
+from sqlalchemy import select
+
+run_id = sys.argv[2]
+
+
+def the_triggered_run(*, dag, session, start_date, **_):
+    run = session.scalar(select(dagrun.DagRun).where(
+        dagrun.DagRun.dag_id == dag.dag_id, dagrun.DagRun.run_id == run_id))
+    run.state, run.start_date, run.dag = DagRunState.RUNNING, start_date, dag
+    session.commit()
+    return run
+
+
+dagrun.get_or_create_dagrun = the_triggered_run
+dag = DagBag(dag_folder=sys.argv[1]).get_dag("ml_pipeline")
+with create_session() as session:
+    logical_date = session.scalar(select(dagrun.DagRun.logical_date).where(
+        dagrun.DagRun.dag_id == "ml_pipeline", dagrun.DagRun.run_id == run_id))
+dag.test(logical_date=logical_date)
+"""
+
+
+def run_triggered(run_id: str, env: dict[str, str], settings):
+    from rakuten_mlops.localstack.service import venv_bin
+    from rakuten_mlops.localstack.services import airflow_env
+
+    env = {**env, **airflow_env(settings)}
+    env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-c", RUN_TRIGGERED, str(PROJECT / "dags"), run_id],
+        env=env, cwd=PROJECT, capture_output=True, text=True, timeout=1200,
+    )
 
 
 # --------------------------------------------------------------------------- docker DAG

@@ -22,7 +22,7 @@ KEY_TEXTS = {
     "training": ["Champion history and gate decisions", "Training runs per dataset version",
                  "Cross-validation per family"],
     "quality": ["Latest drift verdict per feature", "Statistics over time", "Breaches",
-                "Windows and their reports"],
+                "Retraining after a breach", "Windows and their reports"],
     "predictions": ["Playground", "Inference log, last 7 days", "Class mix"],
     "services": ["Prometheus scrape targets"],
 }

@@ -32,6 +32,15 @@ def test_the_command_checks_a_day_and_prints_what_it_did(quality_lake):
     assert window["window_id"] == "inference-2026-01-05T00:00:00Z"
     assert window["status"] == "empty" and window["rows"] == 0
     assert summary["breaches"] == 0
+    # What `make demo` prints at its end: that run's windows and where to see them.
+    shown = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "quality-summary"], env=env_of(lake),
+        cwd=PROJECT, capture_output=True, text=True, timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert "inference-2026-01-05T00:00:00Z: empty (0 rows), no breach" in shown.stdout
+    room = f"http://{lake.bind_host}:{lake.control_room_port}/quality (user CONTROL_ROOM_USER"
+    assert room in shown.stdout and "AIRFLOW_ADMIN_PASSWORD" in shown.stdout
 
 
 def _data_quality(lake, **env) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@
 - Tests marked `exclusive` stop or kill the stack's services: they run alone. Every
   other test holds a shared lock from its setup to its teardown, an exclusive one holds
   the lock for itself, and a waiting exclusive test lets no new shared holder in first.
+- The DAGs the stack schedules are paused for the session and restored at its end.
 - Tests that share an expensive session fixture run on one worker (`GROUPS`); every
   other module is one unit of work, so module fixtures are built once.
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import pytest
 from pytest import MonkeyPatch
+
+from tests.support.paused_dags import SCHEDULED_DAGS, pause, restore
 
 # Files whose tests share a session fixture too costly to build on two workers.
 GROUPS = {
@@ -129,7 +132,8 @@ def start_stack(config: pytest.Config, settings, test_overrides: dict, user_of_t
     from tests.support.cleanup import NoTrace
 
     folder = shared_folder(config)
-    supervisor = Supervisor(settings)
+    # A stack started here leaves DAGs paused (rakuten_mlops.localstack.schedules).
+    supervisor = Supervisor(settings.model_copy(update={"stack_schedule_dags": False}))
     with _flock(folder / "stack.lock", fcntl.LOCK_EX):
         state = folder / STATE_FILE
         first = not state.exists()
@@ -142,7 +146,13 @@ def start_stack(config: pytest.Config, settings, test_overrides: dict, user_of_t
                 patch.delenv(name, raising=False)
             supervisor.up(report=lambda line: print(f"[stack] {line}"))
         if first:
-            state.write_bytes(pickle.dumps((NoTrace.start(user_of_tests), was_down)))
+            # The user's schedule waits while tests run: a scheduled data_quality run would
+            # write to the lake the no-trace check compares, and the scheduler would take
+            # the tasks of the tests' `dags test` runs with the user's settings.
+            schedules = pause(settings, *SCHEDULED_DAGS)
+            state.write_bytes(
+                pickle.dumps((NoTrace.start(user_of_tests), was_down, schedules))
+            )
     return supervisor
 
 
@@ -157,7 +167,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return  # no test needed the stack
     from rakuten_mlops.ml.tracking import configure
 
-    no_trace, was_down = pickle.loads(state.read_bytes())
+    no_trace, was_down, schedules = pickle.loads(state.read_bytes())
     state.unlink()
     configure(no_trace.test_settings, "admin")  # the clean-up deletes MLflow entities
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
@@ -168,6 +178,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         report(f"[no-trace] FAILED: {error}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     finally:
+        restore(no_trace.test_settings, schedules)
         if was_down and os.environ.get("RAKUTEN_KEEP_STACK") != "1":
             from rakuten_mlops.localstack.supervisor import Supervisor
 

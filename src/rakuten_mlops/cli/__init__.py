@@ -360,6 +360,30 @@ def data_quality_command(
     typer.echo(to_json(summary))
 
 
+@app.command("quality-summary")
+def quality_summary_command() -> None:
+    """The last data-quality run's windows, and where to see their reports (make demo)."""
+    # Here, not at the top: the quality package imports pandas (seconds for every command).
+    from rakuten_mlops.quality.store import latest_run, window_summaries
+
+    settings = get_settings()
+    with service_down("quality-summary"):
+        run_id = latest_run(settings)
+        windows = window_summaries(settings, run_id) if run_id else []
+    typer.echo(f"data quality, run {run_id or 'none yet'}:")
+    for window in windows:
+        breached = ", ".join(window["breached_features"]) or "no breach"
+        typer.echo(f"  {window['window_id']}: {window['status']} ({window['rows']} rows),"
+                   f" {breached}")
+    host = settings.bind_host
+    typer.echo(
+        f"reports: the control room http://{host}:{settings.control_room_port}/quality"
+        f" (user CONTROL_ROOM_USER, password CONTROL_ROOM_PASSWORD in {env_file()})\n"
+        f"runs and task logs: Airflow http://{host}:{settings.airflow_port}/dags/data_quality"
+        " (user AIRFLOW_ADMIN_USER, password AIRFLOW_ADMIN_PASSWORD)"
+    )
+
+
 @app.command("publish-dashboards")
 def publish_dashboards_command(
     url: Annotated[str | None, typer.Option(help="Grafana URL. Default: GRAFANA_URL.")] = None,

@@ -1,6 +1,7 @@
 """Data quality and drift: each statistic per feature over time with its threshold,
-breaches highlighted, the latest drift verdict (the Drift dashboard's own query) and each
-window's HTML report, served through the app."""
+breaches highlighted, the latest drift verdict (the Drift dashboard's own query), the
+retraining each breach triggered and the gate's decision, and each window's HTML report,
+served through the app."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rakuten_mlops.control_room import queries
 from rakuten_mlops.settings import Settings
 
 DEFAULT_DAYS = 30
+CHAIN_ROWS = 20  # latest breaches shown with their retraining
 VERDICT_PANEL = ("rakuten-drift", "Latest drift verdict per feature")
 WINDOWS_PANEL = ("rakuten-data-quality", "Windows")
 
@@ -42,11 +44,32 @@ def render(settings: Settings) -> None:
         st.subheader(f"Breaches ({len(breaches)})")
         st.dataframe(breaches, hide_index=True)
 
+    st.subheader("Retraining after a breach")
+    chain = queries.frame(settings, queries.RETRAINING_CHAIN, {"start": start, "end": end})
+    if chain.empty:
+        st.info("No breach in this period.")
+    for row in chain.head(CHAIN_ROWS).itertuples():
+        st.markdown(chain_line(row))
+    st.caption("Breach -> the ml_pipeline run it triggered (QUALITY_TRIGGER_RETRAIN=true) "
+               "-> the promotion gate's decision on its model.")
+
     st.subheader("Windows and their reports")
     windows = queries.panel(settings, *WINDOWS_PANEL, start, end)
     st.dataframe(windows, hide_index=True)
     if not windows.empty:
         show_report(settings, windows)
+
+
+def chain_line(row) -> str:
+    """One breach -> run -> decision, as a line of the page."""
+    decision = (
+        f"model {row.model_name} v{row.version}: **{row.decision}** ({row.gate_outcome}), "
+        f"{row.reason}" if isinstance(row.decision, str) else "no gate decision yet"
+    )
+    return (
+        f"- {row.checked_at:%Y-%m-%d %H:%M} UTC, data_quality run `{row.data_quality_run}` "
+        f"breached {row.breached} → ml_pipeline run `{row.ml_pipeline_run}` → {decision}"
+    )
 
 
 def highlight_drift(row: pd.Series) -> list[str]:

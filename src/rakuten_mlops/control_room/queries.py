@@ -104,6 +104,28 @@ WHERE r.threshold IS NOT NULL AND w.window_time BETWEEN %(start)s AND %(end)s
 ORDER BY w.window_time, w.kind, r.feature, r.metric
 """
 
+# The monitoring loop: each data_quality run that breached, the ml_pipeline run it
+# triggered (QUALITY_TRIGGER_RETRAIN) and the gate's decision on that run's model, linked
+# by the data_quality run id the triggered run carries (rakuten_mlops.ml.stages.promote).
+RETRAINING_CHAIN = """
+WITH breaches AS (
+    SELECT dag_run_id, max(computed_at) AS checked_at,
+           string_agg(window_id || ': ' || array_to_string(breached_features, ', '), '; '
+                      ORDER BY window_id) AS breached
+    FROM quality_windows
+    WHERE status = 'breach' AND dag_run_id IS NOT NULL
+      AND computed_at BETWEEN %(start)s AND %(end)s
+    GROUP BY dag_run_id
+)
+SELECT b.checked_at, b.dag_run_id AS data_quality_run, b.breached,
+       coalesce(p.details->>'airflow_run_id', 'none (retraining off, or not finished)')
+           AS ml_pipeline_run,
+       p.model_name, p.version, p.alias AS decision, p.gate_outcome, p.reason, p.decided_at
+FROM breaches b
+LEFT JOIN model_promotions p ON p.details->>'data_quality_run_id' = b.dag_run_id
+ORDER BY b.checked_at DESC, p.decided_at DESC
+"""
+
 REPORT = "SELECT report_bucket, report_key FROM quality_windows WHERE window_id = %(window)s"
 
 INFERENCE_PER_HOUR = """

@@ -25,6 +25,7 @@ from rakuten_mlops.localstack.consoles import (
 )
 from rakuten_mlops.localstack.control_room import control_room_service
 from rakuten_mlops.localstack.postgres import postgres_service
+from rakuten_mlops.localstack.schedules import unpause_dags
 from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
 from rakuten_mlops.ml.tracking import client_env as tracking_client_env
 from rakuten_mlops.ml.tracking import s3_client_env
@@ -302,6 +303,8 @@ def airflow_services(settings: Settings) -> list[Service]:
             command=[airflow, "dag-processor"],
             url=f"{base} (dag-processor heartbeat)",
             healthy=component_healthy("dag_processor"),
+            # data_quality's schedule runs (and ml_pipeline's triggered runs, when on).
+            bootstrap=lambda: unpause_dags(settings),
             **common,
         ),
         Service(

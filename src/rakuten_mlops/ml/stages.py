@@ -173,6 +173,9 @@ def promote(
             "cv_f1_weighted": run.data.metrics.get("cv_f1_weighted"),
             "best_family": run.data.tags.get("best_family"),
             "dataset_id": run.data.tags.get("dataset_id"),
+            # What started the run (the control room's breach -> run -> decision chain).
+            "airflow_run_id": run.data.tags.get("airflow_run_id"),
+            "data_quality_run_id": run.data.tags.get("data_quality_run_id"),
         },
     )
     return result

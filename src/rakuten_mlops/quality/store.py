@@ -155,3 +155,13 @@ def window_summaries(settings: Settings, dag_run_id: str) -> list[dict[str, Any]
         }
         for r in rows
     ]
+
+
+def latest_run(settings: Settings) -> str | None:
+    """The data_quality run (DAG run id, or the CLI's `cli__...`) that checked last."""
+    with connect(settings) as conn:
+        row = conn.execute(
+            "SELECT dag_run_id FROM quality_windows WHERE dag_run_id IS NOT NULL"
+            " ORDER BY computed_at DESC LIMIT 1"
+        ).fetchone()
+    return row[0] if row else None

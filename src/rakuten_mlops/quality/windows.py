@@ -3,13 +3,13 @@
 A window is one load batch (`batch-<id>`: the products it loaded; checked once, and
 again when a run's data interval contains the batch's end, so re-running a date replaces
 it) or the inference log over a data interval (`inference-<start>`: the champion's
-predictions with the features the log records). `interval_of` turns the CLI's `--date`
-into the data interval a DAG run of that date covers.
+predictions with the features the log records). `day_interval` decides which day a run
+checks, for the DAG's runs (`dag_run_interval`) and the CLI's `--date` (`interval_of`).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from datetime import date as day
 
 import pandas as pd
@@ -117,23 +117,52 @@ def inference_log_profile(conn, settings: Settings, window: Window) -> Profile:
     )
 
 
+def day_interval(at: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    """The one rule for which day a run checks, the DAG's runs and the CLI alike.
+
+    The UTC day that holds `at` (None: now), up to now if that day is not over: today
+    so far for a run without a date, so the batch `prepare_data` just loaded is checked
+    by the next run of either (pending batches are those finished before the end).
+    """
+    at = (now if at is None else at).astimezone(UTC)
+    start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    return start, min(start + timedelta(days=1), now)
+
+
+def dag_run_interval(
+    run_type: str, logical_date: datetime | None, data_interval_start: datetime | None,
+    now: datetime,
+) -> tuple[datetime, datetime]:
+    """What a `data_quality` DAG run checks, by `day_interval` as the CLI does.
+
+    A scheduled run for day D (its data interval starts at D): day D. A manual run
+    (the trigger button, `airflow dags test data_quality`) whose logical date is a UTC
+    midnight names that day (`dags test data_quality 2025-02-03` = `data-quality --date
+    2025-02-03`); any other manual run is "now" (its logical date is when it was
+    triggered): today so far, like `data-quality` without `--date`.
+    """
+    if run_type == "scheduled" and data_interval_start is not None:
+        return day_interval(data_interval_start, now)
+    named_day = logical_date is not None and logical_date.astimezone(UTC).time() == time.min
+    return day_interval(logical_date if named_day else None, now)
+
+
 def interval_of(date: str | None, now: datetime) -> tuple[datetime, datetime]:
     """The data interval `data-quality --date` names: [start, end), aware, in UTC.
 
-    None: today (UTC) so far. 'YYYY-MM-DD': that UTC day. An ISO time: the 24 hours
-    from it, honouring its offset (one without an offset is read as UTC). Anything else,
-    or a day that does not exist (2025-02-30), is a QualityError naming the value.
+    None: today (UTC) so far. 'YYYY-MM-DD': that UTC day (both by `day_interval`, the
+    DAG's rule). An ISO time: the 24 hours from it, honouring its offset (one without
+    an offset is read as UTC). Anything else, or a day that does not exist (2025-02-30),
+    is a QualityError naming the value.
     """
     if date is None:
-        start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        return start, now
+        return day_interval(None, now)
     text = date.strip()
     try:
         if len(text) == 10:  # a plain day: its own parser, so 2025-02-30 says "day"
-            start = datetime.combine(day.fromisoformat(text), datetime.min.time(), UTC)
-        else:
-            start = datetime.fromisoformat(text)
-            start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+            return day_interval(datetime.combine(day.fromisoformat(text), time.min, UTC), now)
+        start = datetime.fromisoformat(text)
+        start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
     except ValueError as exc:
         raise QualityError(
             f"--date {date!r} is not a valid date ({exc}); expected YYYY-MM-DD (a UTC "

@@ -65,7 +65,7 @@ demo: setup
 TEST_WORKERS ?= 2
 
 test: setup
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 bench: up
 	@for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

@@ -82,11 +82,17 @@ def shared_folder(config: pytest.Config) -> Path:
 # ---------------------------------------------------------------- scheduling and locks
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(group_of(item.nodeid.split("::")[0])))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's load-by-scope, with `group_of` as the scope (its own `loadgroup` marks do
+    not reach node ids under pytest 9)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid.split("::")[0])
+
+    return GroupScheduling(config, log)
 
 
 @contextlib.contextmanager
@@ -183,3 +189,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             from rakuten_mlops.localstack.supervisor import Supervisor
 
             Supervisor(no_trace.test_settings).down(report=lambda line: report(f"[stack] {line}"))
+
+
+

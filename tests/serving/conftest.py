@@ -83,12 +83,16 @@ def registered(stack, settings, pipelines, split):
     uri = settings.tracking_uri
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    mlflow.set_experiment("test-serving")
+    # Not `set_experiment`: a process-wide active experiment makes MLflow refuse the
+    # stages' resumption of runs of other experiments later in this worker.
+    from rakuten_mlops.ml.tracking import experiment_id
+
+    experiment = experiment_id(settings, "test-serving")
     x_train, x_test, y_train, y_test = split
     run_ids = []
     for version in ("1", "2"):
         pipeline = pipelines[version]
-        with mlflow.start_run(run_name=f"{name}-v{version}") as run:
+        with mlflow.start_run(experiment_id=experiment, run_name=f"{name}-v{version}") as run:
             mlflow.log_params(
                 pipeline.named_steps["clf"].get_params() | {"train_rows": len(x_train)}
             )

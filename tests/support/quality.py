@@ -143,8 +143,11 @@ def train_champion(
     uri = settings.tracking_uri
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, registry_uri=uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=name) as run:
+    # An explicit experiment, never the process-wide active one (`set_experiment`): the
+    # stages resume runs by id, which MLflow refuses under another active experiment.
+    from rakuten_mlops.ml.tracking import experiment_id
+
+    with mlflow.start_run(experiment_id=experiment_id(settings, experiment), run_name=name) as run:
         mlflow.set_tags({"dataset_id": dataset.dataset_id, "best_family": "sgd_log_loss"})
         mlflow.log_param("train_subsets", ",".join(subsets))
         mlflow.log_metric("test_f1_weighted", 0.5)

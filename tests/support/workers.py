@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,9 @@ def group_of(path: str) -> str:
 # ---------------------------------------------------------------- the shared folder
 
 
+_FOLDER = pytest.StashKey[Path]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         folder = config.workerinput[SHARED_KEY]
@@ -70,9 +74,6 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     node.workerinput[SHARED_KEY] = str(node.config.stash[_FOLDER])
-
-
-_FOLDER = pytest.StashKey[Path]()
 
 
 def shared_folder(config: pytest.Config) -> Path:
@@ -168,13 +169,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     tests started it (tests/support/cleanup.py)."""
     if worker_id() is not None:
         return
-    state = shared_folder(session.config) / STATE_FILE
+    folder = shared_folder(session.config)
+    state = folder / STATE_FILE
     if not state.exists():
+        shutil.rmtree(folder, ignore_errors=True)
         return  # no test needed the stack
     from rakuten_mlops.ml.tracking import configure
 
     no_trace, was_down, schedules = pickle.loads(state.read_bytes())
-    state.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
     configure(no_trace.test_settings, "admin")  # the clean-up deletes MLflow entities
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     report = reporter.write_line if reporter else print

@@ -62,8 +62,10 @@ def request_models(
             max_length=max_designation_chars,
             description="The product's title (required, not blank).",
             examples=[EXAMPLE_PRODUCT["designation"]],
-            # Documents what _not_blank enforces (with a clearer message than a pattern's).
-            json_schema_extra={"pattern": r"\S"},
+            # Documents what _not_blank enforces (with a clearer message than a pattern's):
+            # Python's str.strip also takes the separators U+001C-U+001F and U+0085 for
+            # whitespace, a JSON Schema (ECMA-262) `\S` does not, so they are named.
+            json_schema_extra={"pattern": r"[^\s\u001c-\u001f\u0085]"},
         ),
         AfterValidator(_not_blank),
     ]

@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from tests.support.workers import worker_id
+
 # Shared helpers and fixtures (tests/support), registered once for every folder.
 pytest_plugins = [
     "tests.support.workers",
@@ -23,13 +25,11 @@ pytest_plugins = [
 # per xdist worker (tests/support/workers.py). Everything named from this database or
 # these buckets (`<db>_ingest`, `<bucket>-quality`...) is removed at the end.
 TEST_DATABASE = "rakuten_lake_test"
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+_WORKER = worker_id()  # gw0, gw1... under xdist; None in a plain pytest run
 TEST_OVERRIDES = {
-    "POSTGRES_DB": f"{TEST_DATABASE}_{_WORKER}" if _WORKER else TEST_DATABASE,
-    "S3_BUCKET_IMAGES": f"test-rakuten-images-{_WORKER}" if _WORKER else "test-rakuten-images",
-    "S3_BUCKET_ARTIFACTS": (
-        f"test-rakuten-artifacts-{_WORKER}" if _WORKER else "test-rakuten-artifacts"
-    ),
+    "POSTGRES_DB": "_".join(filter(None, [TEST_DATABASE, _WORKER])),
+    "S3_BUCKET_IMAGES": "-".join(filter(None, ["test-rakuten-images", _WORKER])),
+    "S3_BUCKET_ARTIFACTS": "-".join(filter(None, ["test-rakuten-artifacts", _WORKER])),
 }
 os.environ.update(TEST_OVERRIDES)
 

@@ -28,7 +28,6 @@ import yaml
 
 from tests.support import lake as lakehelpers
 from tests.support.lake import PROJECT
-from tests.support.paused_dags import paused
 from tests.support.profiles import LINEAR_PROFILE, TINY_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
@@ -125,10 +124,9 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
 
     lake, profiles = ml_lake
     name = lake.settings.model_name
-    with paused(settings, "ml_pipeline"):  # see below
-        first = dags_test(
-            "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
-        )
+    first = dags_test(
+        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
+    )
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-5000:]
     for task in STAGES:
@@ -153,9 +151,9 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     shifted = load_shifted_batch(lake, profiles)
     env = {**ml_env(lake), "QUALITY_TRIGGER_RETRAIN": "true",
            "TRAINING_PROFILE": str(profiles / "worse.yaml")}
-    # Both paused: the stack's scheduler must not take their tasks or the triggered run
-    # (it would run them with the user's settings); restored after.
-    with paused(settings, "data_quality", "ml_pipeline"), triggered_runs(settings) as caused:
+    # The session keeps both DAGs paused (tests/support/workers.py): the stack's scheduler
+    # must not take their tasks or the triggered run (it would use the user's settings).
+    with triggered_runs(settings) as caused:
         quality = dags_test("data_quality", env, settings)
         log = quality.stdout + quality.stderr
         assert quality.returncode == 0, log[-5000:]

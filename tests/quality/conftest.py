@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paused_dags import paused
 from tests.support.quality import (
     dags_test,
     delete_champion,
@@ -181,8 +180,7 @@ def drift_run(stack, settings, quality_database, tmp_path_factory):
                 "champion_version": None,
             },
         )
-        with paused(lake, "data_quality"):  # the stack's scheduler must not take its tasks
-            result = dags_test(lake, today.strftime("%Y-%m-%d"))
+        result = dags_test(lake, today.strftime("%Y-%m-%d"))  # DAG paused by the session
         yield DriftRun(
             lake, result, model, dataset.dataset_id, api, prometheus, (today, tomorrow), predictions
         )

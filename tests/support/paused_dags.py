@@ -1,15 +1,13 @@
-"""DAGs kept paused while a test runs them with `airflow dags test`.
+"""DAGs kept paused while the test session runs them with `airflow dags test`.
 
 `dags test` puts its task instances in the shared metadata database as SCHEDULED and runs
 them itself; the stack's scheduler takes those of an *unpaused* DAG too and runs them with
 the stack's settings (the user's lake), not the test's. `make up` unpauses data_quality
-(rakuten_mlops.localstack.schedules), so the test session pauses it, and restores the
-state at its end.
+(rakuten_mlops.localstack.schedules), so the test session pauses it once for all workers
+(tests/support/workers.py) and restores the state at its end.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 
 def _airflow_db(settings):
@@ -36,14 +34,3 @@ def restore(settings, was: dict[str, bool]) -> None:
         for dag_id, state in was.items():
             conn.execute("UPDATE dag SET is_paused = %s WHERE dag_id = %s", (state, dag_id))
 
-
-@contextlib.contextmanager
-def paused(settings, *dag_ids: str):
-    """Paused while the block runs. The session pauses them too (tests/support/workers.py,
-    what keeps workers from restoring each other's state); this keeps a test right when
-    it is run against a stack outside a session's pause."""
-    was = pause(settings, *dag_ids)
-    try:
-        yield
-    finally:
-        restore(settings, was)

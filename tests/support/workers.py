@@ -144,7 +144,7 @@ def start_stack(config: pytest.Config, settings, test_overrides: dict, user_of_t
     with _flock(folder / "stack.lock", fcntl.LOCK_EX):
         state = folder / STATE_FILE
         first = not state.exists()
-        was_down = all(status.pid is None for status in supervisor.status())
+        was_down = first and all(status.pid is None for status in supervisor.status())
         # Services are the user's, not the tests': they must not inherit the test overrides.
         # `up` on a running stack starts nothing and runs the bootstrap steps, which create
         # this worker's database and buckets (from `settings`).
@@ -192,6 +192,3 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             from rakuten_mlops.localstack.supervisor import Supervisor
 
             Supervisor(no_trace.test_settings).down(report=lambda line: report(f"[stack] {line}"))
-
-
-

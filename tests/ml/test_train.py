@@ -169,3 +169,24 @@ def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):
     assert temperature == pytest.approx(
         fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
     )
+
+
+def search_workers_running() -> list[str]:
+    import psutil
+
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        # loky's resource tracker ends by itself once the task's process has exited.
+        if "loky" in command and "resource_tracker" not in command:
+            found.append(f"{child.pid}: {command[:120]}")
+    return found
+
+
+def test_the_train_stage_leaves_no_search_worker_running(sample_frame):
+    # The workers would hold the Airflow task's log sockets: its supervisor waits 60 s.
+    _calibrated(sample_frame, {**LINEAR_SVC_ONLY, "n_jobs": 2})
+    assert search_workers_running() == []

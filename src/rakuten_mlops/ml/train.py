@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psutil
+from joblib.externals.loky import get_reusable_executor
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the next
 from sklearn.model_selection import (
     GridSearchCV,
@@ -336,6 +337,20 @@ class PeakMemory:
         self._thread.join()
 
 
+@contextlib.contextmanager
+def search_workers():
+    """Stops joblib's worker processes (the parallel search's) when the work is done.
+
+    They outlive the search by design (joblib reuses them for 300 s), and they inherit the
+    task's stdout, stderr and supervisor sockets: Airflow's supervisor then waits 60 s for
+    those to close before it calls the task finished.
+    """
+    try:
+        yield
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+
+
 # --------------------------------------------------------------------------- the stage
 
 
@@ -393,7 +408,7 @@ def train_best(
     """Search, refit the best family on all training rows, calibrate its scores: the train
     stage without MLflow. Calibration reuses the search's cached fold features."""
     profile = load_profile(profile)
-    with feature_cache() as memory:
+    with search_workers(), feature_cache() as memory:
         result = search(frame, profile, families, report=report, memory=memory)
         best = result.best
         report(

@@ -13,6 +13,9 @@ compares a new snapshot with the first:
 - MLflow: registered models and experiments that were not there before, all of them the
   tests' own `test-*` names: models deleted, experiments soft-deleted and then removed for
   good as `mlflow gc` does (their runs, logged models and artifacts, and nothing else);
+- MLflow entities left with `test-*` names by an earlier session that never reached its
+  end (killed, interrupted) are removed by `NoTrace.start`, before its snapshot: they
+  would otherwise count as the user's, and the runs this session adds to them as leaks;
 - S3: the `test-*` buckets (only tests use the prefix), emptied and removed;
 - PostgreSQL: the test databases (`rakuten_lake_test*`, every worker's) dropped.
 
@@ -175,6 +178,24 @@ def remove_mlflow(settings, before: Snapshot, after: Snapshot) -> tuple[int, int
     return len(models), len(experiments)
 
 
+def remove_earlier_sessions_mlflow(settings) -> None:
+    """The `test-*` models and experiments (deleted ones too) an aborted session left."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri)
+    pattern = TEST_PREFIX + "%"
+    for (name,) in _rows(settings, settings.mlflow_db,
+                         "SELECT name FROM registered_models WHERE name LIKE %s", pattern):
+        client.delete_registered_model(name)
+    experiments = _rows(settings, settings.mlflow_db, "SELECT experiment_id::text,"
+                        " lifecycle_stage FROM experiments WHERE name LIKE %s", pattern)
+    for experiment_id, stage in experiments:
+        if stage == "active":
+            client.delete_experiment(experiment_id)
+    if experiments:
+        hard_delete_experiments(settings, [e[0] for e in experiments])
+
+
 def hard_delete_experiments(settings, experiment_ids: list[str]) -> None:
     """What `mlflow gc` does, for these experiments only, in this process (the store URI
     holds a password: never on a command line).
@@ -252,6 +273,7 @@ class NoTrace:
     @classmethod
     def start(cls, test_settings) -> NoTrace:
         settings = user_settings(test_settings)
+        remove_earlier_sessions_mlflow(settings)
         return cls(settings, test_settings, Snapshot.take(settings, test_settings))
 
     def clean(self) -> Snapshot:

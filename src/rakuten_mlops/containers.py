@@ -10,8 +10,9 @@ the engine runs on the worker's host: the file (0400, the container user's) is
 bind-mounted from `.stack/podman/secrets`. In compose the worker is itself a container,
 whose files the Docker host does not have: the file goes into a named volume both mount
 (STAGE_SECRETS_VOLUME, at STAGE_SECRETS_DIR in the worker), readable by the worker's
-group only, which the stage container joins. A container that exits non-zero fails its task with its exit code and
-its last log lines (every line also reaches the task log as it is written).
+group only, which the stage container joins. A container that exits non-zero fails its
+task with its exit code and its last log lines (every line also reaches the task log as
+it is written).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def secrets_mount(settings: Settings, secrets: Mapping[str, str]) -> tuple[Path,
                       read_only=True)
         return path, mount, f"{CONTAINER_SECRETS_DIR}/{path.name}"
     path = write_secrets_file(podman_dir(settings) / "secrets", secrets)
-    return path, Mount(CONTAINER_ENV_FILE, str(path), type="bind", read_only=True), CONTAINER_ENV_FILE
+    mount = Mount(CONTAINER_ENV_FILE, str(path), type="bind", read_only=True)
+    return path, mount, CONTAINER_ENV_FILE
 
 
 def quote(value: str) -> str:

@@ -464,6 +464,28 @@ def test_containers_get_plain_settings_as_environment_and_secrets_apart(tmp_path
     assert compose.docker_network == "rakuten-mlops"  # docker-compose.yml's network
 
 
+def test_compose_stage_secrets_go_through_the_shared_volume_not_a_worker_path(tmp_path, settings):
+    """In compose the worker is a container: a path of its own means nothing to the Docker
+    host, so the file goes into the named volume the stage container mounts."""
+    from rakuten_mlops.containers import CONTAINER_SECRETS_DIR, secrets_mount
+
+    compose = settings.model_copy(update={
+        "stage_secrets_volume": "rakuten-mlops-stage-secrets",
+        "stage_secrets_dir": tmp_path / "stage-secrets"})
+    path, mount, in_container = secrets_mount(compose, {"POSTGRES_PASSWORD": "a-secret"})
+    assert path.parent == tmp_path / "stage-secrets"
+    assert (mount["Type"], mount["Source"], mount["Target"], mount["ReadOnly"]) == (
+        "volume", "rakuten-mlops-stage-secrets", CONTAINER_SECRETS_DIR, True)
+    assert in_container == f"{CONTAINER_SECRETS_DIR}/{path.name}"
+    # The worker's group reads it (the stage container joins that group); nobody else.
+    assert oct(path.stat().st_mode & 0o777) == "0o440"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o750"
+    # Local mode: a bind mount of the file alone, as the container's .env.
+    path, mount, in_container = secrets_mount(settings, {"POSTGRES_PASSWORD": "a-secret"})
+    path.unlink()
+    assert (mount["Type"], mount["Source"]) == ("bind", str(path))
+
+
 def test_the_docker_dag_fails_fast_and_says_why_without_an_engine(settings, tmp_path):
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
     result = dags_test("ml_pipeline_docker", env, settings)

@@ -102,7 +102,7 @@ def test_the_image_runs_as_a_non_root_user_and_carries_no_secret_or_build_tool(m
     # uv, the requirement files and pip's and uv's caches stayed out of the layers.
     probe = podman(
         settings, "run", "--rm", "--user", "root", "--entrypoint", "sh", ml_image, "-c",
-        "id -u app; command -v uv || echo no-uv; ls -A /root/.cache /tmp | wc -w",
+        "id -u app; command -v uv || echo no-uv; find /root/.cache /tmp -mindepth 1 | wc -l",
     )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["10001", "no-uv", "0"]

@@ -16,8 +16,8 @@ FROM ${AIRFLOW_IMAGE} AS airflow
 # The stage containers' private settings files (rakuten_mlops.containers): a new named
 # volume mounted here takes this folder's owner and mode, writable by the worker's group.
 USER root
-RUN mkdir -p /run/rakuten/stage-secrets && chown airflow:root /run/rakuten/stage-secrets \
-    && chmod 0770 /run/rakuten/stage-secrets
+RUN mkdir -p /run/rakuten/stage-env && chown airflow:root /run/rakuten/stage-env \
+    && chmod 0770 /run/rakuten/stage-env
 
 # The base image installs packages as the airflow user (into ~/.local), never as root.
 USER airflow

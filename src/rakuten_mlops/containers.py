@@ -9,7 +9,7 @@ container's `.env` (RAKUTEN_ENV_FILE) and deleted when the container ends. In lo
 the engine runs on the worker's host: the file (0400, the container user's) is
 bind-mounted from `.stack/podman/secrets`. In compose the worker is itself a container,
 whose files the Docker host does not have: the file goes into a named volume both mount
-(STAGE_SECRETS_VOLUME, at STAGE_SECRETS_DIR in the worker), readable by the worker's
+(STAGE_ENV_VOLUME, at STAGE_ENV_DIR in the worker), readable by the worker's
 group only, which the stage container joins. A container that exits non-zero fails its
 task with its exit code and its last log lines (every line also reaches the task log as
 it is written).
@@ -34,7 +34,7 @@ from rakuten_mlops.settings import Settings, env_file, get_settings, settings_en
 # The image's non-root user (Dockerfile: `useradd --uid 10001 app`).
 CONTAINER_UID = 10001
 CONTAINER_ENV_FILE = "/run/rakuten/secrets.env"
-CONTAINER_SECRETS_DIR = "/run/rakuten/stage-secrets"  # the shared volume's mount (compose)
+CONTAINER_ENV_DIR = "/run/rakuten/stage-env"  # the shared volume's mount (compose)
 LAST_LINES = 20
 
 
@@ -65,12 +65,12 @@ def write_secrets_file(folder: Path, secrets: Mapping[str, str], *, shared: bool
 
 def secrets_mount(settings: Settings, secrets: Mapping[str, str]) -> tuple[Path, Mount, str]:
     """(the file written, how the container mounts it, the file's path in the container)."""
-    if settings.stage_secrets_volume:
-        folder = settings.path(settings.stage_secrets_dir)
+    if settings.stage_env_volume:
+        folder = settings.path(settings.stage_env_dir)
         path = write_secrets_file(folder, secrets, shared=True)
-        mount = Mount(CONTAINER_SECRETS_DIR, settings.stage_secrets_volume, type="volume",
+        mount = Mount(CONTAINER_ENV_DIR, settings.stage_env_volume, type="volume",
                       read_only=True)
-        return path, mount, f"{CONTAINER_SECRETS_DIR}/{path.name}"
+        return path, mount, f"{CONTAINER_ENV_DIR}/{path.name}"
     path = write_secrets_file(podman_dir(settings) / "secrets", secrets)
     mount = Mount(CONTAINER_ENV_FILE, str(path), type="bind", read_only=True)
     return path, mount, CONTAINER_ENV_FILE
@@ -107,7 +107,7 @@ class StageContainer(DockerOperator):
         self.network_mode = settings.docker_network
         plain, secrets = container_environment(settings_files(self.settings_source or os.environ))
         secrets_file, mount, in_container = secrets_mount(settings, secrets)
-        if settings.stage_secrets_volume:  # the file is the worker group's: join it
+        if settings.stage_env_volume:  # the file is the worker group's: join it
             self.user = f"{CONTAINER_UID}:{os.getgid()}"
         self.environment = {**plain, **self.environment, "RAKUTEN_ENV_FILE": in_container}
         self._private_environment = {}

@@ -163,8 +163,8 @@ class Settings(BaseSettings):
     rakuten_docker_network: str | None = None
     # Compose: the named volume the worker and the stage containers share for the
     # containers' private settings file, and where the worker mounts it (README).
-    stage_secrets_volume: str | None = None
-    stage_secrets_dir: Path = Path("/run/rakuten/stage-secrets")
+    stage_env_volume: str | None = None
+    stage_env_dir: Path = Path("/run/rakuten/stage-env")
 
     # Paths, relative to the project root unless absolute.
     raw_data_dir: Path = Path("raw_data")

@@ -467,16 +467,16 @@ def test_containers_get_plain_settings_as_environment_and_secrets_apart(tmp_path
 def test_compose_stage_secrets_go_through_the_shared_volume_not_a_worker_path(tmp_path, settings):
     """In compose the worker is a container: a path of its own means nothing to the Docker
     host, so the file goes into the named volume the stage container mounts."""
-    from rakuten_mlops.containers import CONTAINER_SECRETS_DIR, secrets_mount
+    from rakuten_mlops.containers import CONTAINER_ENV_DIR, secrets_mount
 
     compose = settings.model_copy(update={
-        "stage_secrets_volume": "rakuten-mlops-stage-secrets",
-        "stage_secrets_dir": tmp_path / "stage-secrets"})
+        "stage_env_volume": "rakuten-mlops-stage-env",
+        "stage_env_dir": tmp_path / "stage-secrets"})
     path, mount, in_container = secrets_mount(compose, {"POSTGRES_PASSWORD": "a-secret"})
     assert path.parent == tmp_path / "stage-secrets"
     assert (mount["Type"], mount["Source"], mount["Target"], mount["ReadOnly"]) == (
-        "volume", "rakuten-mlops-stage-secrets", CONTAINER_SECRETS_DIR, True)
-    assert in_container == f"{CONTAINER_SECRETS_DIR}/{path.name}"
+        "volume", "rakuten-mlops-stage-env", CONTAINER_ENV_DIR, True)
+    assert in_container == f"{CONTAINER_ENV_DIR}/{path.name}"
     # The worker's group reads it (the stage container joins that group); nobody else.
     assert oct(path.stat().st_mode & 0o777) == "0o440"
     assert oct(path.parent.stat().st_mode & 0o777) == "0o750"

@@ -31,7 +31,8 @@ from pathlib import Path
 
 STAGES = ("preprocess", "train", "evaluate", "promote")
 TARGET_RATIO = 1.3
-EVENT = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\w+)")
+# A task's log line: its time stamp, then (among its fields) the task's id.
+TASK_LINE = re.compile(r"^(\d{4}-\d\d-\d\d[ T][\d:.]+(?:Z|[+-]\d\d:\d\d)) .*\btask_id=(\w+)")
 
 
 def log(line: str) -> None:
@@ -54,15 +55,14 @@ def dags_test(dag_id: str, env: dict[str, str]) -> tuple[float, dict[str, float]
 
 
 def stage_seconds(output: str) -> dict[str, float]:
-    begun, seconds = {}, {}
+    """Seconds from each task's first log line to its last."""
+    first, last = {}, {}
     for line in output.splitlines():
-        if match := EVENT.match(line):
+        if match := TASK_LINE.match(line):
             stamp = datetime.fromisoformat(match[1].replace("Z", "+00:00")).timestamp()
-            if match[2] == "starting":
-                begun[match[3]] = stamp
-            elif match[3] in begun:
-                seconds[match[3]] = round(stamp - begun[match[3]], 1)
-    return {stage: seconds.get(stage) for stage in STAGES}
+            first.setdefault(match[2], stamp)
+            last[match[2]] = stamp
+    return {task: round(last[task] - first[task], 1) for task in first}
 
 
 def container_start_overhead(settings, image: str, repeats: int = 3) -> dict[str, float]:

@@ -48,7 +48,7 @@ if [ ! -s "$tarball" ]; then
     tar -C "$root" -cf "$tarball.new" .
     mv "$tarball.new" "$tarball"
 fi
-"${podman[@]}" import --change 'CMD ["python3"]' \
+"${podman[@]}" import --quiet --change 'CMD ["python3"]' \
     --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
     "$tarball" "$IMAGE" >/dev/null
 echo "make-base-image: $IMAGE imported"

@@ -10,12 +10,13 @@ REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constr
 PGADMIN_VENV  := .venv-pgadmin
 PGADMIN_STAMP := $(PGADMIN_VENV)/.installed
 
-.PHONY: setup up down status demo test bench lint clean-stack
+.PHONY: setup up down status demo test bench lint clean-stack ml-image
 
 # init-env runs every time: it creates .env once with fresh secrets, then only adds
 # settings a newer .env.example introduced (never rotates: that would lock out the data).
 setup: $(STAMP) $(PGADMIN_STAMP)
 	@$(CLI) init-env
+	@scripts/make-base-image.sh
 
 # Bytecode is compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every
 # Airflow task, test subprocess and service would otherwise recompile all it imports.
@@ -72,6 +73,12 @@ bench: up
 
 lint: setup
 	$(VENV)/bin/ruff check src dags tests bench
+
+# Container mode (ml_pipeline_docker): the ML image, built by local mode's podman on the
+# locally made base where no registry is reachable (README: "Container mode").
+ML_IMAGE ?= rakuten-mlops/ml:latest
+ml-image: setup
+	$(CLI) ml-image --tag $(ML_IMAGE)
 
 # Deletes every local-mode database, object and log (asks first).
 clean-stack: down

@@ -17,14 +17,19 @@ command -v setfacl >/dev/null || need+=(acl)
 # selenium uses these executables, nothing is downloaded.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# Container mode (no Docker engine here): podman's Docker-compatible API, runc (crun
+# cannot set rlimits in this sandbox) and debootstrap to make a base image offline.
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     echo "installing system packages: ${need[*]}"
-    $sudo apt-get update -qq
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update -qq
     # --no-install-recommends: docker-compose would otherwise pull in docker.io and containerd.
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}"
     # The Debian package starts a cluster of its own on 5432; local mode runs its own cluster.
     if [[ " ${need[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
         $sudo pg_ctlcluster 15 main stop 2>/dev/null || true

@@ -153,6 +153,19 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(256, ge=1, le=100_000)
     api_backlog: int = Field(1024, ge=1, le=65_535)
 
+    # Container mode (issue 14: ml_pipeline_docker; rakuten_mlops.localstack.podman): the
+    # Docker API the ML containers run through (empty: this machine's Docker engine, else
+    # local mode's podman socket under .stack/podman), the ML image, and the containers'
+    # network (empty: "host" in local mode, to reach the stack on 127.0.0.1; compose's
+    # network otherwise).
+    docker_host: str | None = None
+    rakuten_ml_image: str = "rakuten-mlops/ml:latest"
+    rakuten_docker_network: str | None = None
+    # Compose: the named volume the worker and the stage containers share for the
+    # containers' private settings file, and where the worker mounts it (README).
+    stage_env_volume: str | None = None
+    stage_env_dir: Path = Path("/run/rakuten/stage-env")
+
     # Paths, relative to the project root unless absolute.
     raw_data_dir: Path = Path("raw_data")
     processed_data_dir: Path = Path("processed_data")
@@ -238,6 +251,12 @@ class Settings(BaseSettings):
     @property
     def grafana_base_url(self) -> str:
         return self.grafana_url or f"http://{self.bind_host}:{self.grafana_port}"
+
+    @property
+    def docker_network(self) -> str:
+        if self.rakuten_docker_network:
+            return self.rakuten_docker_network
+        return "host" if self.rakuten_mode is Mode.LOCAL else "rakuten-mlops"
 
     @property
     def tracking_uri(self) -> str:

@@ -6,11 +6,11 @@ profile (every family searched), which registers the first model and makes it th
 champion; then with a clearly worse profile, whose model must stay a challenger and say
 why. Model name, experiment, models/ and processed_data/ are the test's own.
 
-The docker DAG cannot run its containers here (no engine): it must fail at its first
-task with a message that says so, and its stages must be the CLI commands that
-ml_pipeline's tasks run in-process, which this test runs as they would run in the
-container (same arguments, last output line pushed to XCom), with the one-family
-LINEAR_PROFILE: their wiring is the point, the search is the first test's.
+The docker DAG without an engine must fail at its first task with a message that says
+so, and its stages must be the CLI commands that ml_pipeline's tasks run in-process,
+which this test runs as they would run in the container (same arguments, last output
+line pushed to XCom), with the one-family LINEAR_PROFILE: their wiring is the point, the
+search is the first test's. Its containers for real: test_ml_pipeline_docker.py.
 """
 
 from __future__ import annotations
@@ -368,6 +368,7 @@ def run_triggered(run_id: str, env: dict[str, str], settings):
 SCRIPT = """
 import json, sys
 from airflow.models import DagBag
+from airflow.providers.docker.operators.docker import DockerOperator
 
 bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
@@ -386,9 +387,8 @@ print(json.dumps({
     "docker": chain(docker),
     "commands": {
         t.task_id: {"entrypoint": t.entrypoint, "command": t.command, "image": t.image,
-                    "network": t.network_mode, "env": sorted(t.environment),
-                    "private": sorted(t._private_environment)}
-        for t in docker.tasks if t.task_type == "DockerOperator"
+                    "env": sorted(t.environment), "private": sorted(t._private_environment)}
+        for t in docker.tasks if isinstance(t, DockerOperator)
     },
 }))
 """
@@ -423,19 +423,67 @@ def test_the_docker_dag_runs_the_same_stages_as_cli_commands_in_the_ml_image(doc
 
     # Both start with the lake's migrations (the only tasks that change its schema).
     assert docker_dag["local"] == ["migrate_schema", *STAGES]
-    assert docker_dag["docker"] == ["migrate_schema", "check_docker_engine", *STAGES]
+    # ... and the docker DAG ends in the worker: the export of a new champion to models/.
+    assert docker_dag["docker"] == [
+        "migrate_schema", "check_docker_engine", *STAGES, "export_champion"]
     cli = get_command(app)
     for stage in STAGES:
         task = docker_dag["commands"][stage]
         assert task["entrypoint"] == ["python", "-m", "rakuten_mlops"]
         assert task["command"][0] == stage
         assert task["image"] == "rakuten-mlops/ml:latest"
-        assert task["network"] == "rakuten-mlops"  # docker-compose.yml's network name
         # Every argument parses as the CLI command's own options.
         cli.get_command(None, stage).make_context(stage, list(task["command"][1:]))
-        # Settings reach the container; secrets only through private_environment.
-        assert "POSTGRES_HOST" in task["env"] and "POSTGRES_PASSWORD" not in task["env"]
-        assert "POSTGRES_PASSWORD" in task["private"]
+        # Nothing of the worker's settings is read while the scheduler parses the file:
+        # StageContainer resolves them when the task runs (test_ml_pipeline_docker.py).
+        assert task["env"] == [] and task["private"] == []
+
+
+def test_containers_get_plain_settings_as_environment_and_secrets_apart(tmp_path, settings):
+    from dotenv import dotenv_values
+
+    from rakuten_mlops.containers import container_environment, write_secrets_file
+    from rakuten_mlops.settings import Mode
+
+    plain, secret = container_environment(
+        {"POSTGRES_HOST": "postgres", "POSTGRES_PASSWORD": "a-secret-password",
+         "MODELS_DIR": "/host/models", "PROCESSED_DATA_DIR": "processed_data", "HOME": "/root"}
+    )
+    # Host paths and non-settings stay out; the image has its own project root.
+    assert plain == {"POSTGRES_HOST": "postgres", "PROCESSED_DATA_DIR": "processed_data"}
+    assert secret == {"POSTGRES_PASSWORD": "a-secret-password"}
+    # The private file reads back exactly, quotes and all.
+    tricky = {"POSTGRES_PASSWORD": "it's $HOME \\ \"x\""}
+    path = write_secrets_file(tmp_path / "secrets", tricky)
+    assert oct(path.stat().st_mode & 0o777) == "0o400"
+    assert oct((tmp_path / "secrets").stat().st_mode & 0o777) == "0o700"
+    assert dotenv_values(path) == tricky  # what pydantic-settings reads a .env with
+    # The host's network in local mode (the stack is on 127.0.0.1), compose's otherwise.
+    assert settings.docker_network == "host"
+    compose = settings.model_copy(update={"rakuten_mode": Mode.COMPOSE})
+    assert compose.docker_network == "rakuten-mlops"  # docker-compose.yml's network
+
+
+def test_compose_stage_secrets_go_through_the_shared_volume_not_a_worker_path(tmp_path, settings):
+    """In compose the worker is a container: a path of its own means nothing to the Docker
+    host, so the file goes into the named volume the stage container mounts."""
+    from rakuten_mlops.containers import CONTAINER_ENV_DIR, secrets_mount
+
+    compose = settings.model_copy(update={
+        "stage_env_volume": "rakuten-mlops-stage-env",
+        "stage_env_dir": tmp_path / "stage-secrets"})
+    path, mount, in_container = secrets_mount(compose, {"POSTGRES_PASSWORD": "a-secret"})
+    assert path.parent == tmp_path / "stage-secrets"
+    assert (mount["Type"], mount["Source"], mount["Target"], mount["ReadOnly"]) == (
+        "volume", "rakuten-mlops-stage-env", CONTAINER_ENV_DIR, True)
+    assert in_container == f"{CONTAINER_ENV_DIR}/{path.name}"
+    # The worker's group reads it (the stage container joins that group); nobody else.
+    assert oct(path.stat().st_mode & 0o777) == "0o440"
+    assert oct(path.parent.stat().st_mode & 0o777) == "0o750"
+    # Local mode: a bind mount of the file alone, as the container's .env.
+    path, mount, in_container = secrets_mount(settings, {"POSTGRES_PASSWORD": "a-secret"})
+    path.unlink()
+    assert (mount["Type"], mount["Source"]) == ("bind", str(path))
 
 
 def test_the_docker_dag_fails_fast_and_says_why_without_an_engine(settings, tmp_path):

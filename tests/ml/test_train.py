@@ -78,7 +78,7 @@ def test_the_train_command_names_an_unknown_profile_without_a_traceback():
         cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1, result.stderr[-2000:]
-    assert "train: training profile 'no-such-profile' not found (known: full, quick)" in (
+    assert "train: training profile 'no-such-profile' not found (known: full, quick, smoke)" in (
         result.stderr
     )
     assert "Traceback" not in result.stderr

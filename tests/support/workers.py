@@ -36,6 +36,9 @@ GROUPS = {
     "tests/quality/test_control_room_pages.py": "drift-run",  # tests/quality/conftest.py
     "tests/quality/test_quality_dashboard_queries.py": "drift-run",
     "tests/quality/test_quality_end_to_end.py": "drift-run",
+    # Container mode: the session's ML image (a clean-cache build) and its containers, on
+    # one worker while the other runs the rest.
+    "tests/dags/test_ml_pipeline_docker.py": "docker",
 }
 GROUP_FOLDERS = {"tests/serving/": "serving"}  # the session's API (tests/serving/conftest.py)
 

@@ -101,6 +101,49 @@ def with_task_logs(args: list[str]) -> list[str]:
     return args
 
 
+@app.command(
+    "podman",
+    # --help too is podman's (`rakuten-mlops podman run --help`).
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def podman(ctx: typer.Context) -> None:
+    """Run `podman` on local mode's own storage and engine config, e.g. `podman images`."""
+    import shutil
+
+    from rakuten_mlops.localstack.podman import podman_command, podman_env, prepare_podman_dir
+
+    if not shutil.which("podman"):
+        raise typer.BadParameter("podman is not installed: run `make setup`")
+    settings = get_settings()
+    prepare_podman_dir(settings)
+    os.environ.update(podman_env(settings))
+    command = podman_command(settings)
+    os.execv(command[0], [*command, *ctx.args])
+
+
+@app.command("ml-image")
+def ml_image(
+    tag: Annotated[str, typer.Option(help="the image's tag")] = "rakuten-mlops/ml:latest",
+    no_cache: Annotated[bool, typer.Option(help="rebuild every layer")] = False,
+) -> None:
+    """Build the ML image (Dockerfile target `ml`) with this machine's engine."""
+    import time
+
+    from rakuten_mlops.localstack.podman import build_ml_image
+
+    started = time.monotonic()
+    result = build_ml_image(get_settings(), tag, no_cache=no_cache)
+    if result.returncode != 0:
+        print(result.stdout[-3000:] + result.stderr[-3000:], file=sys.stderr)
+        print(f"error: the ML image build failed (exit {result.returncode})", file=sys.stderr)
+        raise typer.Exit(1)
+    print(f"built {tag} in {time.monotonic() - started:.0f} s")
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply the lake's pending schema migrations and the API/Grafana roles' grants.

@@ -24,6 +24,7 @@ from rakuten_mlops.localstack.consoles import (
     seaweedfs_security_env,
 )
 from rakuten_mlops.localstack.control_room import control_room_service
+from rakuten_mlops.localstack.podman import podman_service
 from rakuten_mlops.localstack.postgres import postgres_service
 from rakuten_mlops.localstack.schedules import unpause_dags
 from rakuten_mlops.localstack.service import HTTP_TIMEOUT, Service, http_ok, state_dir, venv_bin
@@ -429,6 +430,8 @@ def local_services(settings: Settings) -> list[Service]:
         api_service(settings),
         pgadmin_service(settings),
         control_room_service(settings),
+        # Container mode: the Docker API for ml_pipeline_docker (none if an engine exists).
+        *filter(None, [podman_service(settings)]),
     ]
 
 

@@ -180,6 +180,21 @@ def serve(
         run(get_settings(), host, port)
 
 
+@app.command("k8s-secrets")
+def k8s_secrets(
+    out: Annotated[
+        Path | None, typer.Option(help="Default: the production overlay's secrets.env.")
+    ] = None,
+) -> None:
+    """The Secret's source for deploy/k8s (KEY=value lines from .env, 0600, git-ignored)."""
+    from rakuten_mlops.kubernetes import SECRETS_FILE, write_secrets_file
+
+    target = out or project_root() / SECRETS_FILE
+    with exits_on("k8s-secrets", ConfigurationError):
+        count = write_secrets_file(env_file(), target)
+    typer.echo(f"wrote {count} secrets to {target} (mode 0600)")
+
+
 @app.command("tls-cert")
 def tls_cert(
     folder: Annotated[

@@ -189,6 +189,11 @@ class Settings(BaseSettings):
     split_validation_fraction: float = Field(0.15, ge=0, lt=1)
     split_test_fraction: float = Field(0.15, ge=0, lt=1)
 
+    # Issue 16, beyond one machine: batch predictions in shards of at most this many
+    # products (one mapped task each in the batch_predictions DAG), committed in chunks.
+    batch_shard_size: int = Field(5000, ge=1)
+    batch_chunk_size: int = Field(1000, ge=1)
+
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:
         if self.rakuten_mode is Mode.LOCAL:

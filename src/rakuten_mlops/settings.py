@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     ingest_text_write: Literal["copy", "staging"] = "copy"
     ingest_image_workers: int = Field(8, ge=1, le=64)
     ingest_image_chunk: int = Field(500, ge=1)  # image catalogue rows per commit
+    # Issue 16: a batch's image phase in shards of at most this many products (one
+    # mapped task each in prepare_data); a smaller batch is one shard.
+    ingest_image_shard_size: int = Field(20_000, ge=1)
     # Issue 12 hardening: a longer designation/description is a field_too_long reject;
     # an image declaring more pixels is a decompression_bomb reject (Pillow's own limit).
     ingest_max_field_chars: int = Field(50_000, ge=1)

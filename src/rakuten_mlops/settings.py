@@ -196,6 +196,14 @@ class Settings(BaseSettings):
     # products (one mapped task each in the batch_predictions DAG), committed in chunks.
     batch_shard_size: int = Field(5000, ge=1)
     batch_chunk_size: int = Field(1000, ge=1)
+    # Airflow's executor in local mode: "local" (LocalExecutor) or "celery" (a Redis broker
+    # on REDIS_PORT with REDIS_PASSWORD, CELERY_WORKERS workers of CELERY_WORKER_CONCURRENCY
+    # task slots each; rakuten_mlops.localstack.celery).
+    airflow_executor: Literal["local", "celery"] = "local"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    celery_workers: int = Field(2, ge=1, le=32)
+    celery_worker_concurrency: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:

@@ -1,25 +1,33 @@
-"""The `batch_predictions` DAG (`airflow dags test`) on the shipped sample, with the serving
+"""The `batch_predictions` DAG in celery mode on the shipped sample, with the serving
 tests' registered champion and a small shard size, against the real services.
+
+Celery mode as `AIRFLOW_EXECUTOR=celery` runs it (rakuten_mlops.localstack.celery): a
+Redis of this module's own (its config file, password, loopback) and two Airflow Celery
+workers, `worker1` and `worker2`; `airflow dags test --use-executor` sends the run's
+tasks to them through the broker.
 
 One story, to pay for the lake and the runs once: a shard run by `predict-batch --shard`
 is killed (SIGKILL, a real process) while it waits on a row lock the test holds in the
 middle of the shard, after some of its chunks were committed; the DAG run that follows
-finishes the job (one prediction per product and model version, no gap); a second DAG
-run changes no row.
+finishes the job on both workers (its mapped task instances record both names; one
+prediction per product and model version, no gap); a second DAG run changes no row.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from pydantic import SecretStr
 
 from tests.support.lake import PROJECT, Lake
-from tests.support.serving import wait_for
+from tests.support.serving import free_port, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -28,19 +36,68 @@ CHUNK = 10
 KILLED_RUN = "test-killed-shard"
 
 
+def _start(service, log: Path) -> subprocess.Popen:
+    if service.prepare:
+        service.prepare()
+    with log.open("w") as out:
+        return subprocess.Popen(service.command, env={**os.environ, **service.env},
+                                cwd=PROJECT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _stop(process: subprocess.Popen, stop_signal=signal.SIGTERM) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, stop_signal)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def celery(settings, lake_database, registered, tmp_path_factory):
+    """Settings in celery mode, a Redis broker and two Celery workers whose tasks write to
+    this module's lake; stopped at the end."""
+    from rakuten_mlops.localstack.celery import redis_service, worker_names, worker_service
+
+    folder = tmp_path_factory.mktemp("celery")
+    mode = settings.model_copy(update={
+        "airflow_executor": "celery", "redis_port": free_port(),
+        "redis_password": SecretStr(secrets.token_urlsafe(24)), "celery_workers": 2,
+        "postgres_db": lake_database, "model_name": registered["name"],
+        "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
+    })
+    broker = redis_service(mode.model_copy(update={"stack_dir": folder}))
+    processes = [_start(broker, folder / "redis.log")]
+    try:
+        wait_for(broker.healthy, timeout=20, what="redis")
+        assert (folder / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+        workers = [worker_service(mode, _env(mode), name) for name in worker_names(mode)]
+        processes += [_start(worker, folder / f"{worker.name}.log") for worker in workers]
+        for worker, process, name in zip(workers, processes[1:], worker_names(mode),
+                                         strict=True):
+            def answers(worker=worker, process=process, name=name) -> bool:
+                assert process.poll() is None, (folder / f"{worker.name}.log").read_text()[-3000:]
+                return worker.healthy()
+
+            wait_for(answers, timeout=120, interval=0.5, what=name)
+        yield mode
+    finally:
+        # The workers hold nothing worth a warm shutdown (their broker goes too).
+        for process in processes[1:]:
+            _stop(process, signal.SIGKILL)
+        _stop(processes[0])
+
+
 @pytest.fixture()
-def sample_lake(settings, lake_database, sample_dir, registered) -> Lake:
+def sample_lake(celery, sample_dir, registered) -> Lake:
     """The shipped sample's products in a lake of this test's own, and the champion's
     promotion checksums there (the model is loaded only if they match)."""
     from rakuten_mlops.ingest import load_text
     from rakuten_mlops.ml.trust import trust_version
 
-    lake = Lake(settings.model_copy(update={
-        "postgres_db": lake_database,
-        "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
-        "raw_data_dir": sample_dir,
-        "model_name": registered["name"],
-    }))
+    lake = Lake(celery.model_copy(update={"raw_data_dir": sample_dir}))
     lake.reset()
     load_text(lake.settings, "test-batch-predictions", "all")
     for version, run_id in zip(("1", "2"), registered["run_ids"], strict=True):
@@ -48,11 +105,14 @@ def sample_lake(settings, lake_database, sample_dir, registered) -> Lake:
     return lake
 
 
-def _env(lake: Lake) -> dict[str, str]:
+def _env(settings) -> dict[str, str]:
+    """A process of this lake, in celery mode (settings.airflow_executor)."""
     from rakuten_mlops.localstack.service import venv_bin
     from rakuten_mlops.localstack.services import airflow_env
 
-    env = {**lake.env, **airflow_env(lake.settings), "MODEL_NAME": lake.settings.model_name}
+    env = {**os.environ, "POSTGRES_DB": settings.postgres_db,
+           "S3_BUCKET_IMAGES": settings.s3_bucket_images, "MODEL_NAME": settings.model_name,
+           **airflow_env(settings)}
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -62,8 +122,8 @@ def _dags_test(lake: Lake) -> str:
 
     result = subprocess.run(
         [str(Path(venv_bin()) / "airflow"), "dags", "test", "batch_predictions",
-         "--conf", f'{{"shard_size": {SHARD_SIZE}}}'],
-        env=_env(lake), cwd=PROJECT, capture_output=True, text=True, timeout=300,
+         "--use-executor", "--conf", f'{{"shard_size": {SHARD_SIZE}}}'],
+        env=_env(lake.settings), cwd=PROJECT, capture_output=True, text=True, timeout=300,
     )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-5000:]
@@ -76,6 +136,15 @@ def _predictions(lake: Lake, version: str) -> dict[int, tuple]:
         " FROM batch_predictions WHERE model_name = %s AND model_version = %s",
         lake.settings.model_name, version)
     return {row[0]: row[1:] for row in rows}
+
+
+def _shard_hosts(settings, dag_run: str) -> set[str]:
+    with psycopg.connect(settings.postgres_dsn(settings.airflow_db), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT hostname, state FROM task_instance WHERE dag_id = 'batch_predictions'"
+            " AND run_id = %s AND task_id = 'predict_shard'", (dag_run,)).fetchall()
+    assert rows and {state for _, state in rows} == {"success"}, rows
+    return {hostname for hostname, _ in rows}
 
 
 def _kill_a_shard_midway(lake: Lake, version: str, shard: list[int]) -> int:
@@ -99,7 +168,7 @@ def _kill_a_shard_midway(lake: Lake, version: str, shard: list[int]) -> int:
     shard_process = subprocess.Popen(
         [sys.executable, "-m", "rakuten_mlops", "predict-batch",
          "--shard", f"{shard[0]}:{shard[1]}", "--run-id", KILLED_RUN, "--chunk-size", str(CHUNK)],
-        env=_env(lake), cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=_env(lake.settings), cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)
     try:
         def waiting_on_the_lock() -> bool:
@@ -133,8 +202,7 @@ def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
 
     committed = _kill_a_shard_midway(lake, version, shards[1])
 
-    log = _dags_test(lake)
-    assert log.count("task_id=predict_shard") >= len(shards), log[-3000:]
+    _dags_test(lake)
     first = _predictions(lake, version)
     assert set(first) == products  # no gap, and one row per product and version (the key)
     # The rows the killed shard committed were right: the DAG run left them alone.
@@ -150,6 +218,8 @@ def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
     for prediction in first.values():
         by_class[str(prediction[0])] = by_class.get(str(prediction[0]), 0) + 1
     assert summary[3] == by_class
+    # The mapped tasks ran on both Celery workers, as their task instances record.
+    assert _shard_hosts(lake.settings, dag_run) == {"worker1", "worker2"}
 
     _dags_test(lake)
     assert _predictions(lake, version) == first  # not one row rewritten

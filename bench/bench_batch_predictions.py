@@ -25,6 +25,7 @@ per-worker rate. Without the translated set it says so and exits 0. Needs `make 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -280,7 +281,8 @@ def main() -> int:
         try:
             products = load_products(settings, folder)
             note(f"{products} products loaded; training and registering the model")
-            name = register_champion(settings)
+            with contextlib.redirect_stdout(sys.stderr):  # MLflow prints run links
+                name = register_champion(settings)
             settings = settings.model_copy(update={"model_name": name})
             model = champion(settings)
             note("naive per-row loop")

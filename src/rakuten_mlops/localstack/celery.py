@@ -19,6 +19,16 @@ from rakuten_mlops.localstack.service import Service, replace_file, state_dir, v
 from rakuten_mlops.settings import Settings
 
 WORKER_NAME_ENV = "RAKUTEN_CELERY_WORKER_NAME"
+# The workers' own settings (bench/bench_batch_predictions.py measured both):
+WORKER_ENV = {
+    # Task processes forked with the batch code already imported (celery_worker_config).
+    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": (
+        "rakuten_mlops.localstack.celery_worker_config.CELERY_CONFIG"
+    ),
+    # A task's supervisor notices its task ended at its next wake-up, at most this many
+    # seconds later (default 5): one worker then idled about 5 s between two shards.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+}
 PING_TIMEOUT = 1.0
 
 
@@ -130,7 +140,7 @@ def worker_service(settings: Settings, env: dict[str, str], name: str) -> Servic
         # --skip-serve-logs: its log server would bind 0.0.0.0; the UI reads the log files.
         command=[str(venv_bin() / "airflow"), "celery", "worker", "--celery-hostname",
                  hostname, "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-        env={**env, WORKER_NAME_ENV: name},
+        env={**env, **WORKER_ENV, WORKER_NAME_ENV: name},
         url=f"Celery worker {hostname}",
         healthy=healthy,
         after=("postgres", "redis", "airflow-api-server"),

@@ -82,7 +82,8 @@ def celery(settings, lake_database, registered, tmp_path_factory):
                 return worker.healthy()
 
             wait_for(answers, timeout=120, interval=0.5, what=name)
-        yield mode
+        # The settings, and each worker's process by name (a test kills one).
+        yield mode, dict(zip(worker_names(mode), processes[1:], strict=True))
     finally:
         # The workers hold nothing worth a warm shutdown (their broker goes too).
         for process in processes[1:]:
@@ -97,7 +98,7 @@ def sample_lake(celery, sample_dir, registered) -> Lake:
     from rakuten_mlops.ingest import load_text
     from rakuten_mlops.ml.trust import trust_version
 
-    lake = Lake(celery.model_copy(update={"raw_data_dir": sample_dir}))
+    lake = Lake(celery[0].model_copy(update={"raw_data_dir": sample_dir}))
     lake.reset()
     load_text(lake.settings, "test-batch-predictions", "all")
     for version, run_id in zip(("1", "2"), registered["run_ids"], strict=True):
@@ -117,12 +118,16 @@ def _env(settings) -> dict[str, str]:
     return env
 
 
-def _dags_test(lake: Lake) -> str:
+def _dags_test_command(shard_size: int) -> list[str]:
     from rakuten_mlops.localstack.service import venv_bin
 
+    return [str(Path(venv_bin()) / "airflow"), "dags", "test", "batch_predictions",
+            "--use-executor", "--conf", f'{{"shard_size": {shard_size}}}']
+
+
+def _dags_test(lake: Lake, shard_size: int = SHARD_SIZE) -> str:
     result = subprocess.run(
-        [str(Path(venv_bin()) / "airflow"), "dags", "test", "batch_predictions",
-         "--use-executor", "--conf", f'{{"shard_size": {SHARD_SIZE}}}'],
+        _dags_test_command(shard_size),
         env=_env(lake.settings), cwd=PROJECT, capture_output=True, text=True, timeout=300,
     )
     log = result.stdout + result.stderr
@@ -223,3 +228,54 @@ def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
 
     _dags_test(lake)
     assert _predictions(lake, version) == first  # not one row rewritten
+
+
+def _running_shard_on(settings, worker: str) -> str | None:
+    """The run id of a batch_predictions shard running now on `worker`, if any."""
+    with psycopg.connect(settings.postgres_dsn(settings.airflow_db), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT run_id FROM task_instance WHERE dag_id = 'batch_predictions'"
+            " AND task_id = 'predict_shard' AND state = 'running' AND hostname = %s"
+            " ORDER BY start_date DESC LIMIT 1", (worker,)).fetchone()
+    return row[0] if row else None
+
+
+def test_a_worker_killed_mid_run_then_a_rerun_leaves_no_duplicate_and_no_gap(
+    sample_lake, celery, registered
+):
+    """worker2 is SIGKILLed while it runs a shard, and the run's process with it; a new
+    run finishes the lake's predictions on worker1 alone. (Runs after the test above:
+    the module's worker2 stays dead.)"""
+    lake = sample_lake
+    _, workers = celery
+    version = registered["client"].get_model_version_by_alias(
+        lake.settings.model_name, "champion").version
+    products = {row[0] for row in lake.rows(
+        "SELECT productid FROM products WHERE source_split = 'test'")}
+    run = subprocess.Popen(_dags_test_command(40), env=_env(lake.settings), cwd=PROJECT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        def worker2_busy():
+            assert run.poll() is None, "the run ended before worker2 ran a shard"
+            return _running_shard_on(lake.settings, "worker2")
+
+        killed_run = wait_for(worker2_busy, timeout=120, interval=0.05, what="a shard on worker2")
+        os.killpg(workers["worker2"].pid, signal.SIGKILL)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    workers["worker2"].wait(timeout=30)
+    # Died halfway: never summarized (its shard on worker2 never reported either).
+    assert lake.scalar("SELECT finished_at FROM batch_prediction_runs WHERE run_id = %s",
+                       killed_run) is None
+
+    _dags_test(lake, shard_size=80)
+    rows = lake.rows(
+        "SELECT productid, count(*) FROM batch_predictions WHERE model_name = %s"
+        " AND model_version = %s GROUP BY productid", lake.settings.model_name, version)
+    assert {productid for productid, _ in rows} == products  # no gap
+    assert {count for _, count in rows} == {1}  # no duplicate
+    new_run = lake.scalar("SELECT run_id FROM batch_prediction_runs WHERE run_id <> %s"
+                          " AND finished_at IS NOT NULL", killed_run)
+    assert _shard_hosts(lake.settings, new_run) == {"worker1"}

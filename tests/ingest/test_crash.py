@@ -102,7 +102,8 @@ def test_sharded_image_load_killed_midway_then_rerun_stores_each_image_once(lake
         process.wait()
     shards = lake.rows("SELECT first_id, finished_at IS NOT NULL FROM image_shards"
                        " ORDER BY first_id")
-    assert len(shards) >= 3 and shards[0][1] and not shards[-1][1]  # killed in a later one
+    # Killed after its first shard, before its last one finished (or started).
+    assert shards[0][1] and (len(shards) < 6 or not shards[-1][1]), shards
     stored = len(lake.objects())
     catalogued = lake.scalar("SELECT count(*) FROM images")
     assert catalogued <= stored < 280

@@ -50,6 +50,12 @@ def _redis_password(settings: Settings) -> str:
     return settings.redis_password.get_secret_value()
 
 
+def check_settings(settings: Settings) -> None:
+    """ConfigurationError if celery mode lacks what it needs (its broker's password)."""
+    if celery_mode(settings):
+        _redis_password(settings)
+
+
 def broker_url(settings: Settings) -> str:
     password = quote(_redis_password(settings), safe="")
     return f"redis://:{password}@{settings.bind_host}:{settings.redis_port}/0"

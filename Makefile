@@ -10,7 +10,7 @@ REQUIREMENTS := requirements.txt requirements_ml.txt requirements_dev.txt constr
 PGADMIN_VENV  := .venv-pgadmin
 PGADMIN_STAMP := $(PGADMIN_VENV)/.installed
 
-.PHONY: setup up down status demo test bench lint clean-stack ml-image
+.PHONY: setup up down status demo test bench lint clean-stack ml-image k8s-secrets
 
 # init-env runs every time: it creates .env once with fresh secrets, then only adds
 # settings a newer .env.example introduced (never rotates: that would lock out the data).
@@ -83,3 +83,7 @@ ml-image: setup
 # Deletes every local-mode database, object and log (asks first).
 clean-stack: down
 	@read -p "delete .stack/ (all local data)? [y/N] " ok && [ "$$ok" = y ] && rm -rf .stack
+
+# Kubernetes (deploy/k8s): the overlay's Secret source from .env (0600, git-ignored).
+k8s-secrets: setup
+	$(CLI) k8s-secrets

@@ -11,7 +11,9 @@ Loads the next slice of `raw_data/` (the challenge layout: `X_train_update.csv`,
 3. `assign_split`: the train/validation/test subset (`dataset_split`) of the new
    labelled products: stratified, seeded, never reassigned.
 4. `load_images`: each new product's image checked (JPEG) and stored once in S3 under
-   `image_<split>/<productid>/<imageid>.jpg`, catalogued in `images`.
+   `image_<split>/<productid>/<imageid>.jpg`, catalogued in `images`; one mapped task
+   per shard (`plan_image_shards`: product-id ranges of at most `INGEST_IMAGE_SHARD_SIZE`
+   products), each retryable on its own.
 5. `finalize`: counts from the lake, image limits, the summary in `load_batches`.
 
 **Params**: `slice`: a fraction of the source per run (`0.2`, `20%`) or `all`; empty uses
@@ -79,13 +81,22 @@ def prepare_data():
         return assign(get_settings(), batch_id)
 
     @task
-    def load_images(batch_id: int) -> dict:
+    def plan_image_shards(batch_id: int) -> list[list[int]]:
+        from rakuten_mlops.ingest import plan_image_shards as plan
+        from rakuten_mlops.settings import get_settings
+
+        settings = get_settings()
+        return plan(settings, batch_id, settings.ingest_image_shard_size)
+
+    @task
+    def load_images(product_range: list[int], batch_id: int) -> dict:
         from rakuten_mlops.ingest import load_images as load
         from rakuten_mlops.settings import get_settings
 
-        return load(get_settings(), batch_id, bar=False)
+        return load(get_settings(), batch_id, bar=False, product_range=product_range)
 
-    @task
+    # A batch with no new product maps no image shard (skipped): finalize records it still.
+    @task(trigger_rule="none_failed")
     def finalize(batch_id: int) -> dict:
         from rakuten_mlops.ingest import finalize as summarize
         from rakuten_mlops.settings import get_settings
@@ -94,7 +105,9 @@ def prepare_data():
 
     batch_id = load_text()
     migrate_schema() >> batch_id
-    [assign_split(batch_id), load_images(batch_id)] >> finalize(batch_id)
+    images = load_images.partial(batch_id=batch_id).expand(
+        product_range=plan_image_shards(batch_id))
+    [assign_split(batch_id), images] >> finalize(batch_id)
 
 
 prepare_data()

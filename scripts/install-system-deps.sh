@@ -22,6 +22,9 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+# CeleryExecutor mode (AIRFLOW_EXECUTOR=celery): Redis as the broker, started by the stack
+# with its own config (the Debian service is stopped below).
+[ -x /usr/bin/redis-server ] || need+=(redis-server)
 
 if [ ${#need[@]} -gt 0 ]; then
     sudo=""
@@ -33,6 +36,10 @@ if [ ${#need[@]} -gt 0 ]; then
     # The Debian package starts a cluster of its own on 5432; local mode runs its own cluster.
     if [[ " ${need[*]} " == *" postgresql-15 "* ]] && command -v pg_ctlcluster >/dev/null; then
         $sudo pg_ctlcluster 15 main stop 2>/dev/null || true
+    fi
+    # Likewise Debian's redis on 6379: the stack runs its own (password, loopback, .stack/).
+    if [[ " ${need[*]} " == *" redis-server "* ]] && command -v service >/dev/null; then
+        $sudo service redis-server stop 2>/dev/null || true
     fi
     # Likewise the Debian nginx service on port 80: tests run their own nginx.
     if [[ " ${need[*]} " == *" nginx "* ]] && command -v service >/dev/null; then

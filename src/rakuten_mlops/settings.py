@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     api_max_connections: int = Field(256, ge=1, le=100_000)
     api_backlog: int = Field(1024, ge=1, le=65_535)
 
-    # Container mode (issue 14: ml_pipeline_docker; rakuten_mlops.localstack.podman): the
+    # Container mode (ml_pipeline_docker; rakuten_mlops.localstack.podman): the
     # Docker API the ML containers run through (empty: this machine's Docker engine, else
     # local mode's podman socket under .stack/podman), the ML image, and the containers'
     # network (empty: "host" in local mode, to reach the stack on 127.0.0.1; compose's
@@ -186,6 +186,9 @@ class Settings(BaseSettings):
     ingest_text_write: Literal["copy", "staging"] = "copy"
     ingest_image_workers: int = Field(8, ge=1, le=64)
     ingest_image_chunk: int = Field(500, ge=1)  # image catalogue rows per commit
+    # Issue 16: a batch's image phase in shards of at most this many products (one
+    # mapped task each in prepare_data); a smaller batch is one shard.
+    ingest_image_shard_size: int = Field(20_000, ge=1)
     # Issue 12 hardening: a longer designation/description is a field_too_long reject;
     # an image declaring more pixels is a decompression_bomb reject (Pillow's own limit).
     ingest_max_field_chars: int = Field(50_000, ge=1)
@@ -201,6 +204,19 @@ class Settings(BaseSettings):
     split_seed: int = 42
     split_validation_fraction: float = Field(0.15, ge=0, lt=1)
     split_test_fraction: float = Field(0.15, ge=0, lt=1)
+
+    # Issue 16, beyond one machine: batch predictions in shards of at most this many
+    # products (one mapped task each in the batch_predictions DAG), committed in chunks.
+    batch_shard_size: int = Field(5000, ge=1)
+    batch_chunk_size: int = Field(1000, ge=1)
+    # Airflow's executor in local mode: "local" (LocalExecutor) or "celery" (a Redis broker
+    # on REDIS_PORT with REDIS_PASSWORD, CELERY_WORKERS workers of CELERY_WORKER_CONCURRENCY
+    # task slots each; rakuten_mlops.localstack.celery).
+    airflow_executor: Literal["local", "celery"] = "local"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_password: SecretStr | None = None
+    celery_workers: int = Field(2, ge=1, le=32)
+    celery_worker_concurrency: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:

@@ -81,6 +81,43 @@ def test_sigkill_while_uploading_images_then_the_same_run_finishes_it(lake):
     assert summary["images_uploaded"] + summary["images_skipped"] == 280
 
 
+def test_sharded_image_load_killed_midway_then_rerun_stores_each_image_once(lake):
+    """Issue 16: the image phase in shards of 400 products (6 on the sample, about 47
+    images each), killed in a later shard, then the same run re-run."""
+    slow = {**lake.env, "INGEST_IMAGE_WORKERS": "1", "INGEST_IMAGE_CHUNK": "10",
+            "INGEST_IMAGE_SHARD_SIZE": "400"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rakuten_mlops", "ingest", "--run-id", "killed-shards"],
+        env=slow, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while len(lake.objects()) < 110:
+            assert process.poll() is None, "the load ended before it could be killed"
+            assert time.monotonic() < deadline, "not enough images uploaded within 120 s"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    shards = lake.rows("SELECT first_id, finished_at IS NOT NULL FROM image_shards"
+                       " ORDER BY first_id")
+    # Killed after its first shard, before its last one finished (or started).
+    assert shards[0][1] and (len(shards) < 6 or not shards[-1][1]), shards
+    stored = len(lake.objects())
+    catalogued = lake.scalar("SELECT count(*) FROM images")
+    assert catalogued <= stored < 280
+
+    result = lake.cli("ingest", "--run-id", "killed-shards",
+                      env={"INGEST_IMAGE_SHARD_SIZE": "400"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert_loaded_exactly_once(lake, summary)
+    assert summary["images_skipped"] == stored - catalogued
+    assert lake.rows("SELECT count(*), bool_and(finished_at IS NOT NULL) FROM image_shards"
+                     ) == [(6, True)]
+
+
 def test_death_inside_the_text_transaction_leaves_nothing_then_the_run_loads(lake):
     crash = {"RAKUTEN_TEST_CRASH_POINT": "text_before_commit"}
     result = lake.cli("ingest", "--run-id", "crashed", env=crash)

@@ -445,3 +445,19 @@ def test_tls_cert_writes_a_private_key_and_refuses_to_overwrite(tmp_path):
     assert again.stderr.strip().endswith("exists (--force replaces it)"), again.stderr
     assert "Traceback" not in again.stderr
     assert tls_cert("--force").returncode == 0
+
+
+def test_celery_profile_adds_the_broker_and_workers(rendered, raw):
+    """Issue 16: `--profile celery` adds Redis and the Celery workers; without it they do
+    not start. The broker's password reaches Redis through a file, not its arguments."""
+    services = rendered["services"]
+    for name in ("redis", "airflow-worker"):
+        assert services[name]["profiles"] == ["celery"], name
+    assert services["airflow-worker"]["command"] in ("celery worker", ["celery", "worker"])
+    assert "redis" in services["airflow-worker"]["depends_on"]
+    assert "requirepass" not in " ".join(raw["services"]["redis"]["entrypoint"])
+    assert "$$REDIS_PASSWORD" in raw["services"]["redis"]["command"][0]
+    broker = services["airflow-scheduler"]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://:") and broker.endswith("@redis:6379/0")
+    backend = services["airflow-scheduler"]["environment"]["AIRFLOW__CELERY__RESULT_BACKEND"]
+    assert backend.startswith("db+postgresql://")

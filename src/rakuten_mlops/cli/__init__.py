@@ -223,6 +223,21 @@ def serve(
         run(get_settings(), host, port)
 
 
+@app.command("k8s-secrets")
+def k8s_secrets(
+    out: Annotated[
+        Path | None, typer.Option(help="Default: the production overlay's secrets.env.")
+    ] = None,
+) -> None:
+    """The Secret's source for deploy/k8s (KEY=value lines from .env, 0600, git-ignored)."""
+    from rakuten_mlops.kubernetes import SECRETS_FILE, write_secrets_file
+
+    target = out or project_root() / SECRETS_FILE
+    with exits_on("k8s-secrets", ConfigurationError):
+        count = write_secrets_file(env_file(), target)
+    typer.echo(f"wrote {count} secrets to {target} (mode 0600)")
+
+
 @app.command("tls-cert")
 def tls_cert(
     folder: Annotated[
@@ -253,17 +268,42 @@ def predict_batch(
         str, typer.Option(help="Which challenge file's products: test (unlabelled) or train.")
     ] = "test",
     limit: Annotated[int | None, typer.Option(help="At most this many products.")] = None,
+    shard_size: Annotated[
+        int | None, typer.Option(min=1, help="Products per shard. Default: BATCH_SHARD_SIZE.")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Only this shard: FIRST:LAST product ids (inclusive).")
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Add to this run (e.g. re-run one of its shards).")
+    ] = None,
+    chunk_size: Annotated[
+        int | None, typer.Option(min=1, help="Products per commit. Default: BATCH_CHUNK_SIZE.")
+    ] = None,
 ) -> None:
-    """Classify the lake's products with the champion into batch_predictions."""
+    """Classify the lake's products with the champion into batch_predictions (the
+    batch_predictions DAG's code, in one process: every shard, or one)."""
     import json
 
     from rakuten_mlops.serving.batch import UnknownSplitError, predict_lake
     from rakuten_mlops.serving.model import ModelLoadError
 
+    settings = get_settings()
+    product_range = None
+    if shard is not None:
+        first, sep, last = shard.partition(":")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+            typer.secho(f"predict-batch: --shard {shard!r} is not FIRST:LAST", fg="red", err=True)
+            raise typer.Exit(2)
+        product_range = [int(first), int(last)]
     log_progress()
     with exits_on("predict-batch", ModelLoadError, UnknownSplitError), \
             service_down("predict-batch"):
-        summary = predict_lake(get_settings(), source_split=source_split, limit=limit)
+        summary = predict_lake(
+            settings, source_split=source_split, limit=limit,
+            chunk_size=chunk_size or settings.batch_chunk_size, run_id=run_id,
+            shard_size=shard_size or settings.batch_shard_size, product_range=product_range,
+        )
     typer.echo(json.dumps(summary, indent=2))
 
 

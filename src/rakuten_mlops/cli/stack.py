@@ -12,6 +12,17 @@ from rakuten_mlops.settings import env_file, get_settings
 stack_app = typer.Typer(no_args_is_help=True, help="Local mode: the platform as local processes.")
 
 
+@stack_app.callback()
+def check_mode() -> None:
+    """Settings a mode cannot run without (CeleryExecutor mode's REDIS_PASSWORD), named in
+    one line before any command describes the services."""
+    from rakuten_mlops.errors import ConfigurationError
+    from rakuten_mlops.localstack.celery import check_settings
+
+    with exits_on("stack", ConfigurationError):
+        check_settings(get_settings())
+
+
 @stack_app.command("up")
 def stack_up() -> None:
     """Start every local service that is not running and wait until all are healthy."""

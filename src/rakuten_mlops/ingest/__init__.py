@@ -7,7 +7,8 @@ A load runs as a *batch*, identified by its run_id (the Airflow run, or the CLI'
                   in one transaction (`text.py`, planned by `plan.py`);
 2. `assign_split` the train/validation/test subset of the new labelled products
                   (`rakuten_mlops.ingest.split`);
-3. `load_images`  each new product's image checked and stored once in S3 (`images.py`);
+3. `load_images`  each new product's image checked and stored once in S3 (`images.py`),
+                  in shards of product-id ranges when the batch is large (`shards.py`);
 4. `finalize`     counts from the lake, image limits, the batch summary (`batches.py`).
 
 Re-running a run_id finishes what a crash interrupted, or changes nothing.
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from rakuten_mlops.ingest.batches import batch_summary, finalize, lake_summary
 from rakuten_mlops.ingest.catalogue import assign_split, load_text, normalize_slice
 from rakuten_mlops.ingest.images import load_images
+from rakuten_mlops.ingest.shards import plan_image_shards
 from rakuten_mlops.ingest.sources import IngestError
 from rakuten_mlops.settings import Settings
 
@@ -36,6 +38,7 @@ __all__ = [
     "load_images",
     "load_text",
     "normalize_slice",
+    "plan_image_shards",
     "run_ingest",
 ]
 
@@ -49,5 +52,6 @@ def run_ingest(settings: Settings, run_id: str, slice_spec: str | None = None,
     """Every phase of batch `run_id`; its summary. IngestError says why it failed."""
     text = load_text(settings, run_id, slice_spec)
     assign_split(settings, text.batch_id)
-    load_images(settings, text.batch_id, bar=bar)
+    for shard in plan_image_shards(settings, text.batch_id, settings.ingest_image_shard_size):
+        load_images(settings, text.batch_id, bar=bar, product_range=shard)
     return finalize(settings, text.batch_id)

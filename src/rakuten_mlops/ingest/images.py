@@ -58,6 +58,8 @@ from rakuten_mlops.storage import copy_rows, ensure_buckets, s3_client
 log = logging.getLogger("rakuten_mlops.ingest")
 
 IMAGE_LOCK = 0x52414B57  # pg advisory lock class: one image phase per batch
+IMAGE_SHARD_LOCK = 0x52414B53  # ... and one per shard of a batch (hashtext of both ids)
+WHOLE_BATCH = (-(2**63), 2**63 - 1)  # the product-id range of an unsharded phase
 CONTENT_TYPE = "image/jpeg"
 SHA256_META = "sha256"
 _MAGIC = {
@@ -264,7 +266,7 @@ def _commit(conn: psycopg.Connection, batch_id: int, outcomes: list[Outcome]) ->
 _NAME_SQL = "'image_' || p.imageid || '_product_' || p.productid || '.jpg'"
 _TODO_SQL = f"""
 FROM products p
-WHERE p.batch_id = %(batch)s
+WHERE p.batch_id = %(batch)s AND p.productid BETWEEN %(first)s AND %(last)s
   AND NOT EXISTS (SELECT 1 FROM images i WHERE i.productid = p.productid)
   AND NOT EXISTS (SELECT 1 FROM rejects r WHERE r.batch_id = p.batch_id
                   AND r.source_file = 'images/image_' || p.source_split
@@ -287,7 +289,7 @@ def _stage_file_names(conn: psycopg.Connection, files: dict[str, set[str]]) -> N
     conn.execute("ANALYZE image_files")
 
 
-def _record_missing(conn: psycopg.Connection, batch_id: int) -> int:
+def _record_missing(conn: psycopg.Connection, batch_id: int, product_range) -> int:
     """One `missing_image` reject per product of the batch without an image file.
 
     Set-based, on the server, while the workers upload: no per-product Python work.
@@ -302,26 +304,40 @@ def _record_missing(conn: psycopg.Connection, batch_id: int) -> int:
         "INSERT INTO rejects (batch_id, source_file, locator, reason)"
         f" SELECT p.batch_id, 'images/image_' || p.source_split, {_NAME_SQL}, 'missing_image'"
         f" {_TODO_SQL} AND NOT {_PRESENT}",
-        {"batch": batch_id},
+        _params(batch_id, product_range),
     ).rowcount
 
 
-def load_images(settings: Settings, batch_id: int, bar: bool | None = None) -> dict[str, int]:
-    """Store and catalogue the images of batch `batch_id`'s products; counts of this call.
+def _params(batch_id: int, product_range) -> dict:
+    first, last = product_range or WHOLE_BATCH
+    return {"batch": batch_id, "first": first, "last": last}
+
+
+def load_images(settings: Settings, batch_id: int, bar: bool | None = None,
+                product_range: list[int] | None = None) -> dict[str, int]:
+    """Store and catalogue the images of batch `batch_id`'s products (only those whose
+    ids are in `product_range`, inclusive, for one shard); counts of this call.
 
     A failure (S3 down, say) is recorded on the batch and raised as an IngestError, after
     every object already stored has been catalogued.
     """
     with failure_recorded(settings, f"batch {batch_id}: image phase", batch_id=batch_id):
-        return _load_images(settings, batch_id, bar)
+        return _load_images(settings, batch_id, bar, product_range)
 
 
-def _lock_batch(conn: psycopg.Connection, batch_id: int) -> None:
-    """The batch's image lock, waiting LOCK_WAIT for a run that was just killed to lose
-    its session (see ingest/lake.py); BatchBusy if a live run holds it."""
+def _lock_key(batch_id: int, product_range) -> tuple[str, tuple]:
+    if product_range is None:
+        return "%s, %s", (IMAGE_LOCK, batch_id)
+    return "%s, hashtext(%s)", (IMAGE_SHARD_LOCK, f"{batch_id}:{product_range[0]}")
+
+
+def _lock_batch(conn: psycopg.Connection, batch_id: int, product_range=None) -> None:
+    """The batch's (or shard's) image lock, waiting LOCK_WAIT for a run that was just
+    killed to lose its session (see ingest/lake.py); BatchBusy if a live run holds it."""
     conn.execute(f"SET lock_timeout = '{LOCK_WAIT}'")
+    key, args = _lock_key(batch_id, product_range)
     try:
-        conn.execute("SELECT pg_advisory_lock(%s, %s)", (IMAGE_LOCK, batch_id))
+        conn.execute(f"SELECT pg_advisory_lock({key})", args)
     except psycopg.errors.LockNotAvailable as exc:
         raise BatchBusy(f"batch {batch_id}: its images are being loaded by another process "
                         f"(waited {LOCK_WAIT})") from exc
@@ -342,13 +358,28 @@ def _refresh_statistics(conn: psycopg.Connection) -> None:
     conn.execute("ANALYZE products, rejects, images")
 
 
-def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[str, int]:
+def _resumes_shard(conn: psycopg.Connection, batch_id: int, product_range,
+                   batch_started: bool) -> bool:
+    """Whether objects of this range may be stored already: an earlier attempt of this
+    shard, or of the whole batch unsharded, started (its shard row is written first)."""
+    if product_range is None:
+        return batch_started
+    other_shards = conn.execute(
+        "SELECT count(*) FROM image_shards WHERE batch_id = %s", (batch_id,)).fetchone()[0]
+    inserted = conn.execute(
+        "INSERT INTO image_shards (batch_id, first_id, last_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT DO NOTHING", (batch_id, *product_range)).rowcount
+    return not inserted or (batch_started and not other_shards)
+
+
+def _load_images(settings: Settings, batch_id: int, bar: bool | None,
+                 product_range=None) -> dict[str, int]:
     started = time.perf_counter()
     root = Path(settings.path(settings.raw_data_dir))
     bucket = settings.s3_bucket_images
     counts = {"todo": 0, "uploaded": 0, "skipped": 0, "rejected": 0, "missing": 0}
     with lake_connect(settings, autocommit=True) as conn:
-        _lock_batch(conn, batch_id)
+        _lock_batch(conn, batch_id, product_range)
         row = conn.execute(
             "SELECT status, text_loaded_at, images_started_at FROM load_batches"
             " WHERE batch_id = %s", (batch_id,),
@@ -358,7 +389,7 @@ def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[st
         if row[0] == "succeeded":
             log.info("batch %d already succeeded; its images are loaded", batch_id)
             return counts
-        resume = row[2] is not None
+        resume = _resumes_shard(conn, batch_id, product_range, row[2] is not None)
         if resume:
             log.info("batch %d: resuming its images (stored objects are checked by sha256)",
                      batch_id)
@@ -373,7 +404,7 @@ def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[st
         _stage_file_names(conn, files)
         present = [Job(*row) for row in conn.execute(
             f"SELECT p.productid, p.imageid, p.source_split {_TODO_SQL} AND {_PRESENT}",
-            {"batch": batch_id},
+            _params(batch_id, product_range),
         )]
         log.info("batch %d: %d products have an image file to load", batch_id, len(present))
         counts["todo"] = len(present)
@@ -392,7 +423,8 @@ def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[st
                                      bar=bar) as progress:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             stall_point(conn, "images_before_missing")
-            counts["missing"] = _record_missing(conn, batch_id)  # while the workers upload
+            # While the workers upload:
+            counts["missing"] = _record_missing(conn, batch_id, product_range)
             if counts["missing"]:
                 log.info("batch %d: %d products have no image file (missing_image rejects)",
                          batch_id, counts["missing"])
@@ -418,7 +450,11 @@ def _load_images(settings: Settings, batch_id: int, bar: bool | None) -> dict[st
             " WHERE batch_id = %s", (elapsed, batch_id),
         )
         conn.execute("DROP TABLE IF EXISTS image_files")
-        conn.execute("SELECT pg_advisory_unlock(%s, %s)", (IMAGE_LOCK, batch_id))
+        if product_range is not None:
+            conn.execute("UPDATE image_shards SET finished_at = now()"
+                         " WHERE batch_id = %s AND first_id = %s", (batch_id, product_range[0]))
+        key, args = _lock_key(batch_id, product_range)
+        conn.execute(f"SELECT pg_advisory_unlock({key})", args)
     log.info("batch %d: images uploaded %d, already stored %d, rejected %d, missing %d "
              "in %.2fs", batch_id, counts["uploaded"], counts["skipped"], counts["rejected"],
              counts["missing"], elapsed)

@@ -17,6 +17,12 @@ from pathlib import Path
 import httpx
 import yaml
 
+from rakuten_mlops.localstack.celery import (
+    celery_env,
+    celery_mode,
+    redis_service,
+    worker_services,
+)
 from rakuten_mlops.localstack.consoles import (
     pgadmin_service,
     s3_console_options,
@@ -247,6 +253,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "NLTK_DATA": str(settings.path(settings.nltk_data_dir)),
         # Airflow's tasks train and promote: MLflow's admin user.
         **tracking_client_env(settings, "admin"),
+        # AIRFLOW_EXECUTOR=celery: CeleryExecutor, its broker and results backend.
+        **(celery_env(settings) if celery_mode(settings) else {}),
     }
 
 
@@ -315,6 +323,7 @@ def airflow_services(settings: Settings) -> list[Service]:
             healthy=component_healthy("triggerer"),
             **common,
         ),
+        *(worker_services(settings, env) if celery_mode(settings) else []),
     ]
 
 
@@ -426,6 +435,7 @@ def local_services(settings: Settings) -> list[Service]:
         s3_service(settings),
         prometheus_service(settings),
         mlflow_service(settings),
+        *([redis_service(settings)] if celery_mode(settings) else []),
         *airflow_services(settings),
         api_service(settings),
         pgadmin_service(settings),

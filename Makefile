@@ -16,7 +16,6 @@ PGADMIN_STAMP := $(PGADMIN_VENV)/.installed
 # settings a newer .env.example introduced (never rotates: that would lock out the data).
 setup: $(STAMP) $(PGADMIN_STAMP)
 	@$(CLI) init-env
-	@scripts/make-base-image.sh
 
 # Bytecode is compiled once at install: where PYTHONDONTWRITEBYTECODE is set, every
 # Airflow task, test subprocess and service would otherwise recompile all it imports.

@@ -153,6 +153,13 @@ def build_ml_image(settings: Settings, tag: str, *, no_cache: bool = False, time
     of the 1 GB environment layer only if its dependencies differ, but its own layers
     would otherwise pile up untagged)."""
     prepare_podman_dir(settings)
+    if not docker_engine_elsewhere(settings) and not local_base_exists(settings):
+        # Made on first use, not by `make setup`: a machine without a cached root file
+        # system pays about a minute, which only container mode needs.
+        made = subprocess.run([str(project_root() / "scripts" / "make-base-image.sh")],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        if made.returncode != 0:
+            return made
     previous = None if docker_engine_elsewhere(settings) else podman_image_id(settings, tag)
     built = subprocess.run(
         build_command(settings, tag, no_cache=no_cache),

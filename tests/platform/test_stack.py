@@ -20,11 +20,14 @@ pytestmark = pytest.mark.stack
 
 def test_every_service_is_healthy(stack, settings):
     from rakuten_mlops.localstack.celery import celery_mode, worker_names
+    from rakuten_mlops.localstack.podman import podman_service
 
     states = {status.name: status.state for status in stack.status()}
-    # AIRFLOW_EXECUTOR=celery (issue 16): the broker and the workers too.
+    # AIRFLOW_EXECUTOR=celery: the broker and the workers too.
     celery = {"redis", *(f"airflow-celery-{name}" for name in worker_names(settings))}
-    assert set(states) == (celery if celery_mode(settings) else set()) | {
+    # Container mode's engine, unless a Docker engine is there to use.
+    podman = {"podman"} if podman_service(settings) else set()
+    assert set(states) == (celery if celery_mode(settings) else set()) | podman | {
         "postgres",
         "s3",
         "prometheus",

@@ -148,7 +148,7 @@ def delete_dag_runs(settings, keep: set[tuple[str, str]]) -> int:
         removed = [r for r in runs if (r[1], r[2]) not in keep]
         if removed:
             conn.execute("DELETE FROM dag_run WHERE id = ANY(%s)", ([r[0] for r in removed],))
-    # ... and their task logs (runs through an executor write them, see `with_task_logs`).
+    # ... and their task logs (runs through an executor write them, see `cli.tools.with_task_logs`).
     from rakuten_mlops.localstack.services import airflow_home
 
     for _, dag_id, run_id in removed:

@@ -6,9 +6,9 @@ tests/support/workers.py, so it runs on one worker beside the rest): the image i
 once per session, from a clean layer cache (`--no-cache`; the engine's download cache of
 uv is a cache mount, never a layer) under a tag of the session's own, and every image
 that build made is removed at the end (the user's images, rakuten-mlops/ml:latest and the
-base, stay). One training runs in containers, with the shipped `smoke` profile; the
-same training in this process, on the same lake, must give the same dataset id and test
-metrics. The failing container fails before any training. RAKUTEN_TEST_ML_IMAGE=<image>
+base, stay). One training runs in containers, with the `quick` profile `make demo` uses
+(every family searched); the same training in this process, on the same lake, must give
+the same dataset id and test metrics. The failing container fails before any training. RAKUTEN_TEST_ML_IMAGE=<image>
 skips the build and uses the image given (while iterating on the other tests). Skipped,
 with the reason, only where no engine can exist (no podman and no Docker engine).
 """
@@ -32,6 +32,7 @@ ml_lake = test_ml_pipeline.ml_lake
 pytestmark = pytest.mark.stack
 
 ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
+PROFILE = "quick"
 
 
 def engine_or_skip(settings) -> None:
@@ -158,7 +159,7 @@ def test_task_containers_carry_no_secret_and_reach_the_stack_through_a_private_f
 
 
 def in_process_training(lake) -> tuple[str, dict[str, float]]:
-    """The smoke training of ml_pipeline's stages, in this process, on `lake`: the dataset
+    """The PROFILE training of ml_pipeline's stages, in this process, on `lake`: the dataset
     id and the test metrics (what `evaluate` logs), nothing recorded anywhere."""
     from rakuten_mlops.ml.dataset import prepare_dataset
     from rakuten_mlops.ml.evaluate import evaluate_pipeline
@@ -166,7 +167,7 @@ def in_process_training(lake) -> tuple[str, dict[str, float]]:
     from rakuten_mlops.ml.train import train_best
 
     dataset = prepare_dataset(lake.settings, upload=False)
-    trained = train_best(dataset.frame, load_profile("smoke"), report=lambda _line: None)
+    trained = train_best(dataset.frame, load_profile(PROFILE), report=lambda _line: None)
     evaluation = evaluate_pipeline(trained.pipeline, dataset.frame)
     return dataset.dataset_id, {"test_f1_weighted": evaluation.f1_weighted,
                                 "test_accuracy": evaluation.accuracy}
@@ -180,7 +181,7 @@ def test_ml_pipeline_docker_registers_the_model_ml_pipeline_trains_and_exports_i
     lake, _ = ml_lake
     name = lake.settings.model_name
     env = {**ml_env(lake), "RAKUTEN_ML_IMAGE": ml_image}
-    docker = dags_test("ml_pipeline_docker", env, settings, {"profile": "smoke"})
+    docker = dags_test("ml_pipeline_docker", env, settings, {"profile": PROFILE})
     log = docker.stdout + docker.stderr
     assert docker.returncode == 0, log[-5000:]
     for stage in [*STAGES, "export_champion"]:
@@ -191,7 +192,7 @@ def test_ml_pipeline_docker_registers_the_model_ml_pipeline_trains_and_exports_i
     client = registry.client(lake.settings)
     champion = client.get_model_version_by_alias(name, "champion")
     in_container = client.get_run(champion.run_id)
-    assert champion.version == "1" and in_container.data.tags["profile"] == "smoke"
+    assert champion.version == "1" and in_container.data.tags["profile"] == PROFILE
     # The same training in this process: same dataset, same test metrics, to the bit.
     dataset_id, metrics = in_process_training(lake)
     assert in_container.data.tags["dataset_id"] == dataset_id

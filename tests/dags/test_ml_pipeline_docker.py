@@ -8,9 +8,10 @@ uv is a cache mount, never a layer) under a tag of the session's own, and every 
 that build made is removed at the end (the user's images, rakuten-mlops/ml:latest and the
 base, stay). One training runs in containers, with the `quick` profile `make demo` uses
 (every family searched); the same training in this process, on the same lake, must give
-the same dataset id and test metrics. The failing container fails before any training. RAKUTEN_TEST_ML_IMAGE=<image>
-skips the build and uses the image given (while iterating on the other tests). Skipped,
-with the reason, only where no engine can exist (no podman and no Docker engine).
+the same dataset id and test metrics. The failing container fails before any training.
+RAKUTEN_TEST_ML_IMAGE=<image> skips the build and uses the image given (while iterating
+on the other tests). Skipped, with the reason, only where no engine can exist (no podman
+and no Docker engine).
 """
 
 from __future__ import annotations

@@ -44,24 +44,31 @@ def count_or_zero(lake, query: str) -> int:
         return 0
 
 
-def test_sigkill_while_uploading_images_then_the_same_run_finishes_it(lake):
-    # One upload thread and a commit every 10 images: slow enough to be caught mid-way.
-    slow = {**lake.env, "INGEST_IMAGE_WORKERS": "1", "INGEST_IMAGE_CHUNK": "10"}
+def sigkill_ingest_once_stored(lake, run_id: str, objects: int, extra_env=None) -> int:
+    """`ingest --run-id run_id`, SIGKILLed once `objects` images are in S3: its return code.
+
+    One upload thread and a commit every 10 images: slow enough to be caught mid-way."""
+    slow = {**lake.env, "INGEST_IMAGE_WORKERS": "1", "INGEST_IMAGE_CHUNK": "10",
+            **(extra_env or {})}
     process = subprocess.Popen(
-        [sys.executable, "-m", "rakuten_mlops", "ingest", "--run-id", "killed"],
+        [sys.executable, "-m", "rakuten_mlops", "ingest", "--run-id", run_id],
         env=slow, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
-        while len(lake.objects()) < 25:
+        while len(lake.objects()) < objects:
             assert process.poll() is None, "the load ended before it could be killed"
-            assert time.monotonic() < deadline, "no image was uploaded within 120 s"
+            assert time.monotonic() < deadline, f"not {objects} images uploaded within 120 s"
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
     finally:
         if process.poll() is None:
             process.kill()
         process.wait()
-    assert process.returncode == -signal.SIGKILL
+    return process.returncode
+
+
+def test_sigkill_while_uploading_images_then_the_same_run_finishes_it(lake):
+    assert sigkill_ingest_once_stored(lake, "killed", objects=25) == -signal.SIGKILL
 
     catalogued = lake.scalar("SELECT count(*) FROM images")
     stored = len(lake.objects())
@@ -82,24 +89,10 @@ def test_sigkill_while_uploading_images_then_the_same_run_finishes_it(lake):
 
 
 def test_sharded_image_load_killed_midway_then_rerun_stores_each_image_once(lake):
-    """Issue 16: the image phase in shards of 400 products (6 on the sample, about 47
+    """The image phase in shards of 400 products (6 on the sample, about 47
     images each), killed in a later shard, then the same run re-run."""
-    slow = {**lake.env, "INGEST_IMAGE_WORKERS": "1", "INGEST_IMAGE_CHUNK": "10",
-            "INGEST_IMAGE_SHARD_SIZE": "400"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rakuten_mlops", "ingest", "--run-id", "killed-shards"],
-        env=slow, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while len(lake.objects()) < 110:
-            assert process.poll() is None, "the load ended before it could be killed"
-            assert time.monotonic() < deadline, "not enough images uploaded within 120 s"
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    sigkill_ingest_once_stored(lake, "killed-shards", objects=110,
+                               extra_env={"INGEST_IMAGE_SHARD_SIZE": "400"})
     shards = lake.rows("SELECT first_id, finished_at IS NOT NULL FROM image_shards"
                        " ORDER BY first_id")
     # Killed after its first shard, before its last one finished (or started).

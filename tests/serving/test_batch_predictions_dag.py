@@ -152,6 +152,15 @@ def _shard_hosts(settings, dag_run: str) -> set[str]:
     return {hostname for hostname, _ in rows}
 
 
+def _shard_logs(settings, dag_run: str) -> list[str]:
+    """The task logs of the run's predict_shard tasks (celery mode writes them like local)."""
+    from rakuten_mlops.localstack.services import airflow_env
+
+    folder = (Path(airflow_env(settings)["AIRFLOW__LOGGING__BASE_LOG_FOLDER"])
+              / "dag_id=batch_predictions" / f"run_id={dag_run}" / "task_id=predict_shard")
+    return [path.read_text() for path in sorted(folder.glob("map_index=*/attempt=*.log"))]
+
+
 def _kill_a_shard_midway(lake: Lake, version: str, shard: list[int]) -> int:
     """`predict-batch --shard` blocked on the test's uncommitted row for a product in the
     middle of the shard, then SIGKILLed; returns how many rows it had committed."""
@@ -225,6 +234,10 @@ def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
     assert summary[3] == by_class
     # The mapped tasks ran on both Celery workers, as their task instances record.
     assert _shard_hosts(lake.settings, dag_run) == {"worker1", "worker2"}
+    # Each worker kept the champion loaded (celery_worker_config): no shard task loaded it.
+    logs = _shard_logs(lake.settings, dag_run)
+    assert len(logs) == len(shards) and all(" products" in log for log in logs)
+    assert not any("from the registry" in log for log in logs), logs[0][-2000:]
 
     _dags_test(lake)
     assert _predictions(lake, version) == first  # not one row rewritten

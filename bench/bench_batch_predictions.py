@@ -13,11 +13,12 @@ Measured, each from an empty `batch_predictions`:
   BENCH_NAIVE_ROWS products (the rate is what counts);
 * single process: `predict_lake` (what `predict-batch` runs) with the model loaded once,
   shards of BENCH_SHARD_SIZE, chunks of 1,000: the ceiling per core;
-* DAG on N Celery workers (N = 1, 2; concurrency 1 each, as CeleryExecutor mode runs
-  them: a Redis of the benchmark's own and `airflow celery worker` processes): `airflow
+* DAG on N Celery workers (N = 1, 2; as CeleryExecutor mode runs them, with
+  CELERY_PIN_WORKERS: each worker on a core of its own, CELERY_WORKER_CONCURRENCY task
+  slots; a Redis of the benchmark's own and `airflow celery worker` processes): `airflow
   dags test batch_predictions --use-executor`; rate = products / the span of the mapped
   shard tasks (first start to last end, from Airflow's task instances), and also / the
-  whole run's wall time.
+  whole run's wall time (which adds the run's planning and summary tasks).
 Targets: 2 workers >= 1.6x one worker; one worker >= 0.8x the single process. Prints one
 JSON object, with the workers needed for 10 million products in one hour at the measured
 per-worker rate. Without the translated set it says so and exits 0. Needs `make up`.
@@ -207,6 +208,9 @@ def run_dag(settings, workers: int, products: int, folder: Path) -> dict:
     mode = settings.model_copy(update={
         "airflow_executor": "celery", "redis_port": _free_port(), "celery_workers": workers,
         "redis_password": SecretStr(secrets.token_urlsafe(24)),
+        # One core per worker (what the Helm values request), so that 1 worker compares
+        # with one process and 2 workers with 1; task slots as the stack's default.
+        "celery_pin_workers": True,
     })
     env = {**os.environ, "POSTGRES_DB": BENCH_DB, "MODEL_NAME": settings.model_name,
            **airflow_env(mode), "PATH": f"{venv_bin()}{os.pathsep}{os.environ['PATH']}"}

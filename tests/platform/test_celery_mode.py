@@ -74,3 +74,15 @@ def test_stack_commands_name_the_missing_password_in_one_line():
     assert result.returncode == 1
     assert result.stderr.strip() == (
         "stack: AIRFLOW_EXECUTOR=celery needs REDIS_PASSWORD in .env (`make setup` generates it)")
+
+
+def test_pinned_workers_get_a_core_each_and_unpinned_ones_none(celery_settings):
+    from rakuten_mlops.localstack.celery import WORKER_CPU_ENV
+
+    def cores(settings):
+        return [service.env.get(WORKER_CPU_ENV) for service in local_services(settings)
+                if service.name.startswith("airflow-celery-")]
+
+    assert cores(celery_settings) == [None, None, None]
+    pinned = cores(celery_settings.model_copy(update={"celery_pin_workers": True}))
+    assert pinned == [str(n % os.cpu_count()) for n in range(3)]

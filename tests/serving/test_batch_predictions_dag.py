@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 from pydantic import SecretStr
@@ -65,7 +66,7 @@ def celery(settings, lake_database, registered, tmp_path_factory):
     mode = settings.model_copy(update={
         "airflow_executor": "celery", "redis_port": free_port(),
         "redis_password": SecretStr(secrets.token_urlsafe(24)), "celery_workers": 2,
-        "postgres_db": lake_database, "model_name": registered["name"],
+        "celery_pin_workers": True, "postgres_db": lake_database, "model_name": registered["name"],
         "s3_bucket_images": f"{settings.s3_bucket_images}-ingest",
     })
     broker = redis_service(mode.model_copy(update={"stack_dir": folder}))
@@ -202,7 +203,7 @@ def _kill_a_shard_midway(lake: Lake, version: str, shard: list[int]) -> int:
 
 
 def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
-    sample_lake, registered
+    sample_lake, celery, registered
 ):
     from rakuten_mlops.serving.batch import shard_ranges
 
@@ -234,6 +235,10 @@ def test_sharded_dag_finishes_a_killed_shard_and_a_second_run_changes_nothing(
     assert summary[3] == by_class
     # The mapped tasks ran on both Celery workers, as their task instances record.
     assert _shard_hosts(lake.settings, dag_run) == {"worker1", "worker2"}
+    # CELERY_PIN_WORKERS: each worker, and the task processes it forks, on a core of its own.
+    _, workers = celery
+    cores = {name: psutil.Process(process.pid).cpu_affinity() for name, process in workers.items()}
+    assert cores == {"worker1": [0], "worker2": [1 % os.cpu_count()]}
     # Each worker kept the champion loaded (celery_worker_config): no shard task loaded it.
     logs = _shard_logs(lake.settings, dag_run)
     assert len(logs) == len(shards) and all(" products" in log for log in logs)

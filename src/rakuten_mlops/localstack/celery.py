@@ -19,6 +19,8 @@ from rakuten_mlops.localstack.service import Service, replace_file, state_dir, v
 from rakuten_mlops.settings import Settings
 
 WORKER_NAME_ENV = "RAKUTEN_CELERY_WORKER_NAME"
+# The core a pinned worker runs on (celery_worker_config applies it at the worker's start).
+WORKER_CPU_ENV = "RAKUTEN_CELERY_WORKER_CPU"
 # The workers' own settings (bench/bench_batch_predictions.py measured both):
 WORKER_ENV = {
     # Task processes forked with the batch code already imported (celery_worker_config).
@@ -126,9 +128,17 @@ def worker_names(settings: Settings) -> list[str]:
     return [f"worker{number}" for number in range(1, settings.celery_workers + 1)]
 
 
+def worker_cpu(settings: Settings, name: str) -> str | None:
+    """The core worker N is pinned to (N-1, modulo the cores), or None if not pinned."""
+    if not settings.celery_pin_workers:
+        return None
+    return str((worker_names(settings).index(name)) % (os.cpu_count() or 1))
+
+
 def worker_service(settings: Settings, env: dict[str, str], name: str) -> Service:
     """One `airflow celery worker`; healthy once it answers a Celery ping by its name."""
     hostname = f"{name}@{socket.gethostname()}"
+    cpu = worker_cpu(settings, name)
 
     def healthy() -> bool:
         from celery import Celery
@@ -146,8 +156,8 @@ def worker_service(settings: Settings, env: dict[str, str], name: str) -> Servic
         # --skip-serve-logs: its log server would bind 0.0.0.0; the UI reads the log files.
         command=[str(venv_bin() / "airflow"), "celery", "worker", "--celery-hostname",
                  hostname, "--skip-serve-logs", "--without-gossip", "--without-mingle"],
-        env={**env, **WORKER_ENV, WORKER_NAME_ENV: name},
-        url=f"Celery worker {hostname}",
+        env={**env, **WORKER_ENV, WORKER_NAME_ENV: name, **({WORKER_CPU_ENV: cpu} if cpu else {})},
+        url=f"Celery worker {hostname}" + (f" (core {cpu})" if cpu else ""),
         healthy=healthy,
         after=("postgres", "redis", "airflow-api-server"),
         start_timeout=120,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
 from celery.signals import task_prerun
@@ -20,12 +21,17 @@ from celery.signals import task_prerun
 # Imported for the side effect above: the modules a batch_predictions / prepare_data
 # shard task loads, preloaded in the worker.
 import rakuten_mlops.ingest  # noqa: F401
+from rakuten_mlops.localstack.celery import WORKER_CPU_ENV
 from rakuten_mlops.serving.batch import keep_champion_loaded
 from rakuten_mlops.settings import get_settings
 
 CELERY_CONFIG = DEFAULT_CELERY_CONFIG
 SHARD_TASK = ("batch_predictions", "predict_shard")
 log = logging.getLogger(__name__)
+
+# CELERY_PIN_WORKERS: set before Celery forks its pool, so every task process inherits it.
+if core := os.environ.get(WORKER_CPU_ENV):
+    os.sched_setaffinity(0, {int(core)})
 
 
 def shard_task(workload: str) -> bool:

@@ -71,15 +71,22 @@ class ChampionChangedError(ModelLoadError):
 # (keep_champion_loaded): a task process forked from it starts with the model in memory
 # instead of downloading, verifying and unpickling it again (~1.5 s a shard).
 _resident: ModelManager | None = None
+_resident_checked = 0.0
+# How long the registry's answer stands: a shard whose run names another version (the
+# champion moved in between) loads that version itself, so this only delays the switch.
+RESIDENT_RECHECK_SECONDS = 15.0
 
 
 def keep_champion_loaded(settings: Settings) -> LoadedModel | None:
-    """Load the champion in this process, or keep it if the registry still names it."""
-    global _resident
+    """Load the champion in this process, or keep it if the registry still names it
+    (asked at most every RESIDENT_RECHECK_SECONDS: a loaded MLflow answers slowly)."""
+    global _resident, _resident_checked
     if _resident is None or _resident.settings != settings:
         configure_mlflow_client(settings)
-        _resident = ModelManager(settings)
-    _resident.refresh()
+        _resident, _resident_checked = ModelManager(settings), 0.0
+    if _resident.current is None or time.monotonic() - _resident_checked > RESIDENT_RECHECK_SECONDS:
+        _resident.refresh()
+        _resident_checked = time.monotonic()
     return _resident.current
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
-from celery.signals import task_prerun
+from celery.signals import task_prerun, worker_init
 
 # Imported for the side effect above: the modules a batch_predictions / prepare_data
 # shard task loads, preloaded in the worker.
@@ -43,12 +43,21 @@ def shard_task(workload: str) -> bool:
     return (ti.get("dag_id"), ti.get("task_id")) == SHARD_TASK
 
 
-@task_prerun.connect
-def load_champion_before_a_shard(args=(), **_) -> None:
-    """Runs in the pool process, before it forks the shard's task process."""
-    if not args or not shard_task(args[0]):
-        return
+@worker_init.connect
+def load_champion_at_start(**_) -> None:
+    """Before Celery forks its pool: every task slot then starts with the same copy."""
+    _keep_champion_loaded()
+
+
+def _keep_champion_loaded() -> None:
     try:
         keep_champion_loaded(get_settings())
     except Exception as exc:  # noqa: BLE001 - the task loads the model itself and says why
         log.warning("could not keep the champion loaded: %s: %s", type(exc).__name__, exc)
+
+
+@task_prerun.connect
+def load_champion_before_a_shard(args=(), **_) -> None:
+    """Runs in the pool process, before it forks the shard's task process."""
+    if args and shard_task(args[0]):
+        _keep_champion_loaded()

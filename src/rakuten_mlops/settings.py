@@ -218,6 +218,10 @@ class Settings(BaseSettings):
     celery_workers: int = Field(2, ge=1, le=32)
     celery_worker_concurrency: int = Field(1, ge=1, le=64)
 
+    # Issue 17, images in the model: threads of the image_features stage (S3 reads
+    # overlap the decoding; rakuten_mlops.ml.image_stage).
+    image_feature_workers: int = Field(4, ge=1, le=64)
+
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:
         if self.rakuten_mode is Mode.LOCAL:

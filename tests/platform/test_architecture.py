@@ -23,6 +23,7 @@ PURE = {
     f"{PACKAGE}.ml.features",
     f"{PACKAGE}.ml.text",
     f"{PACKAGE}.ml.calibration",
+    f"{PACKAGE}.ml.image_features",
 }
 # The data-quality statistics, wherever the quality package puts them.
 PURE_STEMS = ("statistics", "drift", "stats")

@@ -277,6 +277,23 @@ def preprocess_command(
     typer.echo(manifest["dataset_id"])
 
 
+@app.command("image-features")
+def image_features_command(
+    dataset_id: Annotated[str, typer.Option(help="Dataset version from `preprocess`.")],
+) -> None:
+    """Describe the dataset's product images not cached yet (by sha256); print its id."""
+    from mlflow.exceptions import MlflowException
+
+    from rakuten_mlops.ml.image_stage import run_image_features
+
+    log_progress()
+    with exits_on("image-features", RakutenError, MlflowException), \
+            service_down("image-features"):
+        run_image_features(get_settings(), dataset_id,
+                           report=lambda line: typer.echo(line, err=True))
+    typer.echo(dataset_id)
+
+
 @app.command("train")
 def train_command(
     dataset_id: Annotated[str, typer.Option(help="Dataset version from `preprocess`.")],

@@ -225,17 +225,29 @@ def experiment_name(settings: Settings) -> str:
 
 
 def log_to_mlflow(settings: Settings, dataset_id: str, counts: dict[str, float]) -> str:
-    """One MLflow run per call, tagged with the dataset version; its id."""
-    import mlflow  # heavy; only the stage's last step talks to MLflow
+    """One MLflow run per call, tagged with the dataset version; its id.
 
-    tracking.configure(settings, "admin")
-    mlflow.set_experiment(experiment_name(settings))
-    with mlflow.start_run(run_name=f"image-features-{dataset_id}") as run:
-        mlflow.set_tags({"stage": "image_features", "dataset_id": dataset_id,
-                         "extractor_version": EXTRACTOR_VERSION})
-        mlflow.log_params({"extractor_version": EXTRACTOR_VERSION,
-                           "feature_length": FEATURE_LENGTH})
-        mlflow.log_metrics({f"image_{name}": float(value) for name, value in counts.items()})
+    Through a client, not mlflow's fluent API: `set_experiment` would change the active
+    experiment of the whole process, where `airflow dags test` runs the next tasks.
+    """
+    from mlflow.entities import Metric, Param, RunTag  # heavy; only this step needs MLflow
+
+    client = tracking.client(settings, "admin")
+    run = client.create_run(
+        tracking.experiment_id(settings, experiment_name(settings)),
+        run_name=f"image-features-{dataset_id}",
+        tags={"stage": "image_features", "dataset_id": dataset_id,
+              "extractor_version": EXTRACTOR_VERSION},
+    )
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(f"image_{name}", float(value), now, 0) for name, value in counts.items()],
+        params=[Param("extractor_version", EXTRACTOR_VERSION),
+                Param("feature_length", str(FEATURE_LENGTH))],
+        tags=[RunTag("mlflow.source.name", "rakuten_mlops.ml.image_stage")],
+    )
+    client.set_terminated(run.info.run_id)
     return run.info.run_id
 
 

@@ -33,6 +33,8 @@ from minio.error import S3Error
 from rakuten_mlops.ingest.images import Workers
 from rakuten_mlops.ingest.progress import Progress
 from rakuten_mlops.ml import tracking
+from rakuten_mlops.ml.dataset import Dataset, load_dataset
+from rakuten_mlops.ml.fusion import IMAGE_COLUMN
 from rakuten_mlops.ml.image_features import (
     EXTRACTOR_VERSION,
     FEATURE_LENGTH,
@@ -224,6 +226,15 @@ def experiment_name(settings: Settings) -> str:
     return settings.mlflow_experiment + EXPERIMENT_SUFFIX
 
 
+def load_dataset_with_images(settings: Settings, dataset_id: str) -> Dataset:
+    """Dataset version `dataset_id` with each product's image vector (None without one,
+    or before the stage ran on it) in the IMAGE_COLUMN the fusion family reads."""
+    dataset = load_dataset(settings, dataset_id)
+    vectors = dataset_vectors(settings, dataset_id)
+    column = [vectors.get(int(productid)) for productid in dataset.frame["productid"]]
+    return Dataset(dataset.frame.assign(**{IMAGE_COLUMN: column}), dataset.manifest)
+
+
 def log_to_mlflow(settings: Settings, dataset_id: str, counts: dict[str, float]) -> str:
     """One MLflow run per call, tagged with the dataset version; its id.
 
@@ -253,8 +264,6 @@ def log_to_mlflow(settings: Settings, dataset_id: str, counts: dict[str, float])
 
 def run_image_features(settings: Settings, dataset_id: str, report=print) -> dict[str, float]:
     """Stage `image_features` on dataset version `dataset_id`: describe, record, log."""
-    from rakuten_mlops.ml.dataset import load_dataset  # pandas + parquet: only when run
-
     dataset = load_dataset(settings, dataset_id)
     counts = describe_images(settings, dataset_id, dataset.frame["productid"])
     counts["mlflow_run_id"] = log_to_mlflow(settings, dataset_id, counts)

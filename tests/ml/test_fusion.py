@@ -26,7 +26,7 @@ FUSION_PROFILE = {
     "baseline": True,
     "features": {"word": {"ngram_range": [1, 2]}, "char": None},
     "families": {
-        "fusion": {"search": "grid", "fixed": {"inner_folds": 2}, "grid": {"C": [0.3]}},
+        "fusion": {"search": "grid", "fixed": {"stack__inner_folds": 2}, "grid": {"C": [0.03]}},
     },
 }
 
@@ -47,7 +47,7 @@ def test_one_fused_model_serves_products_with_and_without_an_image(sample_frame)
 
     frame = with_sample_images(sample_frame)
     X, y = split_xy(frame[frame["subset"] == "train"])  # noqa: N806
-    model = build_pipeline("fusion", {"C": 0.3, "inner_folds": 2},
+    model = build_pipeline("fusion", {"C": 0.03, "stack__inner_folds": 2},
                            FUSION_PROFILE["features"]).fit(X, y)
     test, _ = split_xy(frame[frame["subset"] == "test"])
     used = image_used(test)

@@ -26,7 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import check_is_fitted
 
-from rakuten_mlops.ml.fusion import FusionClassifier
+from rakuten_mlops.ml.fusion import fusion_pipeline
 from rakuten_mlops.ml.text import (
     DEFAULT_LANGUAGES,
     TOKEN,
@@ -39,7 +39,7 @@ from rakuten_mlops.settings import get_settings
 
 FAMILIES = ("linear_svc", "logreg", "random_forest", "xgboost")  # the text families
 # Issue 17: `fusion` stacks FUSION_TEXT_FAMILY's out-of-fold scores with the image vector
-# (rakuten_mlops.ml.fusion); its text part's parameters are `clf__text_pipeline__...`.
+# (rakuten_mlops.ml.fusion); its text part's parameters are `stack__text_pipeline__...`.
 FUSION = "fusion"
 FUSION_TEXT_FAMILY = "linear_svc"
 ALL_FAMILIES = (*FAMILIES, FUSION)
@@ -238,8 +238,7 @@ def build_pipeline(
     if family == FUSION:
         text = build_pipeline(FUSION_TEXT_FAMILY, None, features, random_state=random_state,
                               nltk_data_dir=nltk_data_dir)
-        fusion = FusionClassifier(text, random_state=random_state, n_jobs=n_jobs)
-        pipeline = Pipeline([("clf", fusion)], memory=memory)
+        pipeline = fusion_pipeline(text, random_state=random_state, n_jobs=n_jobs, memory=memory)
         return pipeline.set_params(**pipeline_params(family, params)) if params else pipeline
     steps: list[tuple[str, Any]] = [
         ("clean", TextCleaner(nltk_data_dir=nltk_data_dir)),

@@ -5,7 +5,8 @@
                    scores, out of fold (inner stratified folds) while fitting, so the
                    second level learns how far to trust scores it did not train on
       -> stack     [text scores | image vector (zeros without one) | has_image (0/1)]
-      -> meta      StandardScaler + multinomial LogisticRegression (C searched)
+      -> scale     StandardScaler
+      -> clf       multinomial LogisticRegression (C searched): the second level
 
 One model serves products with and without an image: a product without one (no
 `image_features` column, or None/NaN in it) goes through the same model with
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
@@ -57,50 +58,62 @@ def _finite_scores(out_of_fold: np.ndarray) -> np.ndarray:
     return scores.astype(np.float32)
 
 
-class FusionClassifier(ClassifierMixin, BaseEstimator):
-    """Stacking of a text pipeline's out-of-fold scores with the image vector."""
+class TextScoreStacker(TransformerMixin, BaseEstimator):
+    """The first level: [text scores | image vector | has_image] for each product.
 
-    def __init__(self, text_pipeline=None, C=1.0, inner_folds=3, random_state=42, n_jobs=1):  # noqa: N803
+    `fit_transform` (what a Pipeline calls while fitting) returns the text model's
+    out-of-fold scores on the rows it fits, then fits the text model on all of them;
+    `transform` scores with that model. The Pipeline's feature cache (the search's
+    joblib memory) keeps the fitted stacker of each fold, so candidates that differ only
+    in the second level's C reuse it.
+    """
+
+    def __init__(self, text_pipeline=None, inner_folds=3, random_state=42, n_jobs=1):
         self.text_pipeline = text_pipeline
-        self.C = C
         self.inner_folds = inner_folds
         self.random_state = random_state
         self.n_jobs = n_jobs
-
-    def _text_scores(self, text, frame: pd.DataFrame) -> np.ndarray:
-        if hasattr(text, "decision_function"):
-            return np.asarray(text.decision_function(frame), dtype=np.float32)
-        return np.asarray(text.predict_proba(frame), dtype=np.float32)
 
     def _method(self) -> str:
         return "decision_function" if hasattr(self.text_pipeline, "decision_function") \
             else "predict_proba"
 
-    @staticmethod
-    def _stack(scores: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
-        vectors, present = image_matrix(frame)
-        return np.hstack([scores, vectors, present[:, None]])
+    def fit(self, X, y):  # noqa: N803 - scikit-learn's naming
+        self.fit_transform(X, y)
+        return self
 
-    def fit(self, X, y):  # noqa: N803
+    def fit_transform(self, X, y=None, **fit_params):  # noqa: N803
         frame = as_frame(X).reset_index(drop=True)
-        y = np.asarray(y)
         folds = StratifiedKFold(self.inner_folds, shuffle=True, random_state=self.random_state)
         out_of_fold = cross_val_predict(clone(self.text_pipeline), frame, y, cv=folds,
                                         method=self._method(), n_jobs=self.n_jobs)
         self.text_ = clone(self.text_pipeline).fit(frame, y)
         self.classes_ = self.text_.classes_
-        self.meta_ = make_pipeline(
-            StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=1000, random_state=self.random_state),
-        ).fit(self._stack(_finite_scores(out_of_fold), frame), y)
-        if not np.array_equal(self.meta_.classes_, self.classes_):
-            raise ValueError("the second level saw other classes than the text model")
-        return self
+        return _stack(_finite_scores(out_of_fold), frame)
 
-    def predict_proba(self, X):  # noqa: N803
-        check_is_fitted(self, "meta_")
+    def transform(self, X):  # noqa: N803
+        check_is_fitted(self, "text_")
         frame = as_frame(X).reset_index(drop=True)
-        return self.meta_.predict_proba(self._stack(self._text_scores(self.text_, frame), frame))
+        scores = getattr(self.text_, self._method())(frame)
+        return _stack(np.asarray(scores, dtype=np.float32), frame)
 
-    def predict(self, X):  # noqa: N803
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+def _stack(scores: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
+    vectors, present = image_matrix(frame)
+    return np.hstack([scores, vectors, present[:, None]])
+
+
+def fusion_pipeline(text_pipeline, random_state: int = 42, n_jobs: int = 1,
+                    memory=None) -> Pipeline:
+    """stack -> scale -> clf (the second level, multinomial LogisticRegression of C)."""
+    return Pipeline(
+        [
+            ("stack", TextScoreStacker(text_pipeline, random_state=random_state, n_jobs=n_jobs)),
+            ("scale", StandardScaler()),
+            # tol 1e-3: the second level's fit (hundreds of columns x classes) takes a
+            # third of the time of the default's, for the same test F1 on the sample.
+            ("clf", LogisticRegression(C=0.1, tol=1e-3, max_iter=500,
+                                       random_state=random_state)),
+        ],
+        memory=memory,
+    )

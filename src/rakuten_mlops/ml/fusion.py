@@ -103,6 +103,12 @@ def _stack(scores: np.ndarray, frame: pd.DataFrame) -> np.ndarray:
     return np.hstack([scores, vectors, present[:, None]])
 
 
+def reads_images(estimator) -> bool:
+    """Whether a fitted model takes the IMAGE_COLUMN (a fusion pipeline) or not."""
+    steps = getattr(estimator, "steps", [])
+    return any(isinstance(step, TextScoreStacker) for _, step in steps)
+
+
 def fusion_pipeline(text_pipeline, random_state: int = 42, n_jobs: int = 1,
                     memory=None) -> Pipeline:
     """stack -> scale -> clf (the second level, multinomial LogisticRegression of C)."""

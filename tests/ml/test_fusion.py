@@ -108,3 +108,59 @@ def test_the_fused_model_is_registered_and_answers_alike_from_registry_and_expor
     assert image_used(X).any() and not image_used(X).all()
     np.testing.assert_array_equal(served.predict_proba(X), exported.predict_proba(X))
     np.testing.assert_array_equal(served.predict(X), exported.predict(X))
+
+
+@pytest.fixture(scope="module")
+def fused_api(fused, tmp_path_factory):
+    """The API serving the fused champion of `fused` (its lake, registry and export)."""
+    from tests.support.serving import ApiServer
+
+    own = fused[0]
+    server = ApiServer(tmp_path_factory.mktemp("fused_api") / "api.log",
+                       MODEL_NAME=own.model_name, MODELS_DIR=str(own.models_dir),
+                       POSTGRES_DB=own.postgres_db, API_MODEL_POLL_SECONDS="0")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.stack
+def test_the_served_fused_model_reads_an_uploaded_or_stored_image(fused, fused_api):
+    import base64
+
+    import pandas as pd
+
+    from rakuten_mlops.ml import export
+    from rakuten_mlops.ml.image_stage import load_dataset_with_images
+    from tests.support.serving import CLIENT
+
+    own, _, _, dataset_id = fused
+    frame = load_dataset_with_images(own, dataset_id).frame
+    product = frame[frame["subset"] == "test"].dropna(subset=[IMAGE_COLUMN]).iloc[0]
+    path = next((own.raw_data_dir / "images").glob(f"*/image_*_product_{product.productid}.jpg"))
+    text = {"designation": product.designation, "top_k": 27}
+    alone = fused_api.post("/predict", json=text, headers=CLIENT).json()
+    seen = fused_api.post("/predict", json={
+        **text, "image_base64": base64.b64encode(path.read_bytes()).decode()},
+        headers=CLIENT).json()
+    assert (alone["image_used"], seen["image_used"]) == (False, True)
+    # The service's answer is the exported model's, with and without the image.
+    model = export.read_export(own).load()
+    for answer, image in ((alone, None), (seen, product[IMAGE_COLUMN])):
+        X = pd.DataFrame({"designation": [product.designation], "description": [None],  # noqa: N806
+                          IMAGE_COLUMN: [image]}, dtype=object)
+        expected = dict(zip(model.classes_.tolist(), model.predict_proba(X)[0], strict=True))
+        for score in answer["predictions"]:
+            assert score["probability"] == pytest.approx(expected[score["prdtypecode"]],
+                                                         abs=1e-9)
+    # A batch item naming the product gets the image the lake stored for it.
+    batch = fused_api.post("/predict/batch", headers=CLIENT, json={"top_k": 27, "items": [
+        {"designation": product.designation, "productid": int(product.productid)},
+        {"designation": product.designation}]}).json()
+    assert [item["image_used"] for item in batch["results"]] == [True, False]
+    for item, single in zip(batch["results"], (seen, alone), strict=True):
+        assert scores(item) == pytest.approx(scores(single), abs=1e-6)  # batched BLAS sums
+
+
+def scores(answer: dict) -> dict[int, float]:
+    return {p["prdtypecode"]: p["probability"] for p in answer["predictions"]}

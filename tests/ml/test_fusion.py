@@ -164,3 +164,31 @@ def test_the_served_fused_model_reads_an_uploaded_or_stored_image(fused, fused_a
 
 def scores(answer: dict) -> dict[int, float]:
     return {p["prdtypecode"]: p["probability"] for p in answer["predictions"]}
+
+
+@pytest.mark.stack
+def test_batch_predictions_of_a_fused_model_read_the_lakes_images(fused):
+    import pandas as pd
+
+    from rakuten_mlops.ml import export
+    from rakuten_mlops.ml.image_features import image_vector
+    from rakuten_mlops.serving.batch import predict_lake
+
+    own = fused[0]
+    lake = lakehelpers.Lake(own)
+    summary = predict_lake(own, "test", run_id="fusion-batch")
+    products = lake.rows("SELECT p.productid, p.designation, p.description, b.prdtypecode"
+                         " FROM batch_predictions b JOIN products p USING (productid)"
+                         " WHERE b.run_id = 'fusion-batch' ORDER BY productid")
+    assert len(products) == summary["rows_predicted"] > 0
+    # The unlabelled products' images were described by the run (read from S3 once).
+    photos = {int(p.stem.rpartition("_product_")[2]): p
+              for p in (own.raw_data_dir / "images" / "image_test").glob("*.jpg")}
+    pictured = [row for row in products if row[0] in photos]
+    assert pictured and len(pictured) < len(products)
+    frame = pd.DataFrame({
+        "designation": [row[1] for row in products], "description": [row[2] for row in products],
+        IMAGE_COLUMN: [image_vector(photos[row[0]].read_bytes()) if row[0] in photos else None
+                       for row in products]}, dtype=object)
+    expected = export.read_export(own).load().predict(frame)
+    assert [row[3] for row in products] == expected.tolist()

@@ -528,6 +528,8 @@ def test_the_docker_stage_commands_run_the_pipeline_and_print_their_reference_la
 
     dataset_id = run("preprocess")
     assert (lake.settings.processed_data_dir / "datasets" / dataset_id / "manifest.json").is_file()
+    assert lake.scalar("SELECT count(*) FROM dataset_image_features WHERE dataset_id = %s",
+                       dataset_id) == 250  # and its images described (issue 17)
     run_id = run("train")
     assert registry.client(lake.settings).get_run(run_id).data.tags["dataset_id"] == dataset_id
     assert json.loads(run("evaluate"))["test_f1_weighted"] > 0.5

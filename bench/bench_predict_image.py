@@ -51,7 +51,8 @@ def fused_model(settings, products):
     frame = pd.DataFrame(products, dtype=object)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipeline.fit(frame[["designation", "description", IMAGE_COLUMN]], frame["prdtypecode"])
+        pipeline.fit(frame[["designation", "description", IMAGE_COLUMN]],
+                     frame["prdtypecode"].astype(int))
     return pipeline
 
 
@@ -101,7 +102,7 @@ def main() -> int:
         workdir = Path(folder)
         models = workdir / "models"
         models.mkdir()
-        joblib.dump(model, models / "bench.joblib")
+        joblib.dump(model, models / f"{settings.model_name}.joblib")
         (models / f"{settings.model_name}.json").write_text(json.dumps({"version": "bench"}))
         env = {"MODELS_DIR": str(models),
                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{base.free_port()}"}  # the export

@@ -135,6 +135,7 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     # Issue 17: the images of the dataset's products (the 250 labelled ones of the
     # sample's 280) described between preprocess and train.
     assert "task_id=image_features" in log
+    assert "image features: 125/250 images" in log  # progress lines reach the task log
     with lake.connect() as conn:
         described = conn.execute("SELECT count(*) FROM dataset_image_features"
                                  " WHERE reason IS NULL").fetchone()[0]

@@ -30,6 +30,7 @@ import psycopg
 from minio import Minio
 from minio.error import S3Error
 
+from rakuten_mlops.errors import LakeError
 from rakuten_mlops.ingest.images import Workers
 from rakuten_mlops.ingest.progress import Progress
 from rakuten_mlops.ml import tracking
@@ -175,6 +176,9 @@ def describe_images(
                  "read (extractor %s)", dataset_id, len(images), len(cached), len(todo),
                  EXTRACTOR_VERSION)
         failed = {i.s3_key: cached[i.sha256] for i in images if cached.get(i.sha256)}
+        keys: dict[str, list[str]] = {}  # sha256 -> the keys of the products sharing it
+        for image in images:
+            keys.setdefault(image.sha256, []).append(image.s3_key)
         done: list[Extracted] = []
         with Workers(lambda image: extract(client, image), todo,
                      workers or settings.image_feature_workers) as results, \
@@ -184,8 +188,7 @@ def describe_images(
                 done.append(result)
                 progress.update()
                 if result.reason:
-                    failed.update({i.s3_key: result.reason for i in images
-                                   if i.sha256 == result.image.sha256})
+                    failed.update({key: result.reason for key in keys[result.image.sha256]})
                     log.warning("image %s skipped: %s (%s)", result.image.s3_key,
                                 result.reason, result.detail)
                 if len(done) % COMMIT_EVERY == 0:
@@ -218,7 +221,10 @@ def dataset_vectors(settings: Settings, dataset_id: str) -> dict[int, np.ndarray
             (dataset_id, EXTRACTOR_VERSION),
         ).fetchall()
     vectors = {int(pid): from_bytes(blob) for pid, blob in rows}
-    assert all(len(v) == FEATURE_LENGTH for v in vectors.values()), "stale vector length"
+    if any(len(vector) != FEATURE_LENGTH for vector in vectors.values()):
+        raise LakeError(f"dataset {dataset_id}: image vectors of another length than "
+                        f"{EXTRACTOR_VERSION}'s {FEATURE_LENGTH} (change EXTRACTOR_VERSION "
+                        "with the extractor)")
     return vectors
 
 

@@ -229,3 +229,17 @@ def test_the_stage_logs_its_counts_to_mlflow(image_lake, tmp_path):
     assert run.data.tags["dataset_id"] == "test-dataset"
     assert run.data.tags["extractor_version"] == EXTRACTOR_VERSION
     assert run.data.metrics == {"image_cache_hits": 3.0, "image_images_read": 5.0}
+
+
+@pytest.mark.stack
+def test_the_command_names_an_unknown_dataset_in_one_line(stack):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rakuten_mlops", "image-features", "--dataset-id", "no-such"],
+        cwd=lakehelpers.PROJECT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("image-features: unknown dataset 'no-such'"), last

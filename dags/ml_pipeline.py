@@ -8,6 +8,11 @@ loaded into the lake:
 1. `preprocess`: the lake's labelled products and their stored train/validation/test
    split, frozen as a **dataset version** (parquet + manifest, in `processed_data/` and
    S3). Returns its id: a content hash, so the same lake gives the same id.
+1b. `image_features`: each image of the dataset's products (S3) described once: a
+   colour, shape and size vector cached in the lake by the image's sha256, so a re-run
+   or a new dataset version reads only images it has not seen; undecodable ones are
+   recorded with their reason and skipped. Counts in MLflow (experiment
+   `<MLFLOW_EXPERIMENT>-image-features`).
 2. `train`: per model family (LinearSVC, LogisticRegression, RandomForest, XGBoost), a
    cross-validated search on the profile's training subsets (train and validation in the
    shipped profiles; stratified folds, weighted F1); the best is refit. Everything is
@@ -82,6 +87,14 @@ def ml_pipeline():
         print(f"dataset {dataset.dataset_id}: {dataset.manifest['subsets']}")
         return dataset.dataset_id
 
+    @task
+    def image_features(dataset_id: str) -> str:
+        from rakuten_mlops.ml.image_stage import run_image_features
+        from rakuten_mlops.settings import get_settings
+
+        run_image_features(get_settings(), dataset_id)
+        return dataset_id
+
     @task(execution_timeout=timedelta(hours=3))
     def train(dataset_id: str, **context) -> str:
         from rakuten_mlops.ml.stages import run_train
@@ -115,7 +128,7 @@ def ml_pipeline():
 
     dataset_id = preprocess()
     migrate_schema() >> dataset_id
-    promote(evaluate(train(dataset_id)))
+    promote(evaluate(train(image_features(dataset_id))))
 
 
 ml_pipeline()

@@ -1,7 +1,8 @@
 """
 ### ml_pipeline_docker: the ML stages in the ML image, one container per stage
 
-The same four stages as `ml_pipeline` (`preprocess`, `train`, `evaluate`, `promote`),
+The same stages as `ml_pipeline` (`preprocess` with `image_features`, `train`,
+`evaluate`, `promote`),
 each run as `python -m rakuten_mlops <command>` in a container of the ML image
 (`RAKUTEN_ML_IMAGE`, default `rakuten-mlops/ml:latest`) through a Docker API
 (`rakuten_mlops.containers.StageContainer`). Each command prints the reference the next
@@ -42,7 +43,8 @@ ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
 # The CLI command of each stage, as `ml_pipeline`'s tasks call them in-process.
 PROFILE = "{{ params.profile or '' }}"
 COMMANDS = {
-    "preprocess": ["preprocess"],
+    # Issue 17: the image_features stage runs in the same container, after preprocess.
+    "preprocess": ["preprocess", "--image-features"],
     "train": [
         "train",
         "--dataset-id",

@@ -54,6 +54,9 @@ API_GRANTS: dict[str, tuple[str, ...]] = {
     "inference_log": ("SELECT", "INSERT"),
     "categories": ("SELECT",),
     "trusted_models": ("SELECT",),
+    # Issue 17: /predict/batch reads the stored image vectors of the products it names.
+    "images": ("SELECT",),
+    "image_features": ("SELECT",),
 }
 
 

@@ -222,6 +222,12 @@ class Settings(BaseSettings):
     celery_worker_concurrency: int = Field(2, ge=1, le=64)
     celery_pin_workers: bool = False
 
+    # Issue 17, images in the model: threads of the image_features stage (S3 reads
+    # overlap the decoding; rakuten_mlops.ml.image_stage).
+    image_feature_workers: int = Field(4, ge=1, le=64)
+    # /predict's optional image (base64 in the JSON body): its largest decoded size.
+    api_max_image_bytes: int = Field(2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
     @model_validator(mode="after")
     def _refuse_default_secrets_outside_local_mode(self) -> Settings:
         if self.rakuten_mode is Mode.LOCAL:

@@ -132,6 +132,14 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     for task in STAGES:
         assert f"task_id={task}" in log
     assert "promotion: champion: first registered model: promoted" in log
+    # Issue 17: the images of the dataset's products (the 250 labelled ones of the
+    # sample's 280) described between preprocess and train.
+    assert "task_id=image_features" in log
+    assert "image features: 125/250 images" in log  # progress lines reach the task log
+    with lake.connect() as conn:
+        described = conn.execute("SELECT count(*) FROM dataset_image_features"
+                                 " WHERE reason IS NULL").fetchone()[0]
+    assert described == 250
 
     client = registry.client(lake.settings)
     champion = client.get_model_version_by_alias(name, "champion")
@@ -521,6 +529,8 @@ def test_the_docker_stage_commands_run_the_pipeline_and_print_their_reference_la
 
     dataset_id = run("preprocess")
     assert (lake.settings.processed_data_dir / "datasets" / dataset_id / "manifest.json").is_file()
+    assert lake.scalar("SELECT count(*) FROM dataset_image_features WHERE dataset_id = %s",
+                       dataset_id) == 250  # and its images described (issue 17)
     run_id = run("train")
     assert registry.client(lake.settings).get_run(run_id).data.tags["dataset_id"] == dataset_id
     assert json.loads(run("evaluate"))["test_f1_weighted"] > 0.5

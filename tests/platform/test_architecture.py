@@ -23,6 +23,8 @@ PURE = {
     f"{PACKAGE}.ml.features",
     f"{PACKAGE}.ml.text",
     f"{PACKAGE}.ml.calibration",
+    f"{PACKAGE}.ml.image_features",
+    f"{PACKAGE}.ml.fusion",
 }
 # The data-quality statistics, wherever the quality package puts them.
 PURE_STEMS = ("statistics", "drift", "stats")

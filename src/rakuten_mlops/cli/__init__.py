@@ -261,6 +261,9 @@ def demo_predict_command(
 @app.command("preprocess")
 def preprocess_command(
     upload: Annotated[bool, typer.Option(help="Also store the snapshot in S3.")] = True,
+    image_features: Annotated[bool, typer.Option(
+        help="Then run the image-features stage on it (ml_pipeline_docker's container)."
+    )] = False,
 ) -> None:
     """Freeze the lake's labelled products and split as a dataset version; print its id."""
     from rakuten_mlops.ml.dataset import prepare_dataset
@@ -274,7 +277,27 @@ def preprocess_command(
         f"batches {manifest['load_batches']}, {where}",
         err=True,
     )
-    typer.echo(manifest["dataset_id"])
+    if image_features:  # it prints the dataset id last too
+        image_features_command(manifest["dataset_id"])
+    else:
+        typer.echo(manifest["dataset_id"])
+
+
+@app.command("image-features")
+def image_features_command(
+    dataset_id: Annotated[str, typer.Option(help="Dataset version from `preprocess`.")],
+) -> None:
+    """Describe the dataset's product images not cached yet (by sha256); print its id."""
+    from mlflow.exceptions import MlflowException
+
+    from rakuten_mlops.ml.image_stage import run_image_features
+
+    log_progress()
+    with exits_on("image-features", RakutenError, MlflowException), \
+            service_down("image-features"):
+        run_image_features(get_settings(), dataset_id,
+                           report=lambda line: typer.echo(line, err=True))
+    typer.echo(dataset_id)
 
 
 @app.command("train")

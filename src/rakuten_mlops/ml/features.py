@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.validation import check_is_fitted
 
+from rakuten_mlops.ml.fusion import fusion_pipeline
 from rakuten_mlops.ml.text import (
     DEFAULT_LANGUAGES,
     TOKEN,
@@ -36,7 +37,12 @@ from rakuten_mlops.ml.text import (
 )
 from rakuten_mlops.settings import get_settings
 
-FAMILIES = ("linear_svc", "logreg", "random_forest", "xgboost")
+FAMILIES = ("linear_svc", "logreg", "random_forest", "xgboost")  # the text families
+# Issue 17: `fusion` stacks FUSION_TEXT_FAMILY's out-of-fold scores with the image vector
+# (rakuten_mlops.ml.fusion); its text part's parameters are `stack__text_pipeline__...`.
+FUSION = "fusion"
+FUSION_TEXT_FAMILY = "linear_svc"
+ALL_FAMILIES = (*FAMILIES, FUSION)
 TREE_FAMILIES = frozenset({"random_forest", "xgboost"})
 
 # Feature settings every family starts from; a profile may override any of them.
@@ -225,8 +231,15 @@ def build_pipeline(
     overrides the TF-IDF settings; tree families get a chi2 selection of `select_k`
     columns (default 20,000) in front of the estimator.
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(
+            f"unknown model family {family!r}; expected one of {', '.join(ALL_FAMILIES)}"
+        )
+    if family == FUSION:
+        text = build_pipeline(FUSION_TEXT_FAMILY, None, features, random_state=random_state,
+                              nltk_data_dir=nltk_data_dir)
+        pipeline = fusion_pipeline(text, random_state=random_state, n_jobs=n_jobs, memory=memory)
+        return pipeline.set_params(**pipeline_params(family, params)) if params else pipeline
     steps: list[tuple[str, Any]] = [
         ("clean", TextCleaner(nltk_data_dir=nltk_data_dir)),
         ("tfidf", make_features(features)),

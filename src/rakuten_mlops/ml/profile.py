@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rakuten_mlops.errors import ProfileError
-from rakuten_mlops.ml.features import FAMILIES
+from rakuten_mlops.ml.features import ALL_FAMILIES
 from rakuten_mlops.settings import project_root
 
 # `calibration: out_of_fold`: the winner's softmax temperature is fitted on its decision
@@ -74,10 +74,10 @@ class TrainingProfile(_Strict):
     @field_validator("families")
     @classmethod
     def _known_families(cls, families: dict[str, FamilySpec]) -> dict[str, FamilySpec]:
-        unknown = sorted(set(families) - set(FAMILIES))
+        unknown = sorted(set(families) - set(ALL_FAMILIES))
         if unknown:
             raise ValueError(
-                f"unknown family {unknown[0]!r} (expected one of {', '.join(FAMILIES)})"
+                f"unknown family {unknown[0]!r} (expected one of {', '.join(ALL_FAMILIES)})"
             )
         return families
 

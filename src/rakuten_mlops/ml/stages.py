@@ -16,7 +16,7 @@ import yaml
 
 from rakuten_mlops.errors import EvaluationError, PromotionError
 from rakuten_mlops.ml import registry, runs, tracking
-from rakuten_mlops.ml.dataset import Dataset, load_dataset
+from rakuten_mlops.ml.dataset import Dataset
 from rakuten_mlops.ml.evaluate import (
     Evaluation,
     baseline_evaluation,
@@ -25,6 +25,7 @@ from rakuten_mlops.ml.evaluate import (
     score_predictions,
 )
 from rakuten_mlops.ml.export import write_export
+from rakuten_mlops.ml.image_stage import load_dataset_with_images  # issue 17
 from rakuten_mlops.ml.profile import load_profile, promotion_policy
 from rakuten_mlops.ml.promotion import (
     ALREADY_CHAMPION,
@@ -51,7 +52,7 @@ def run_train(
     """Stage `train`: search + refit on dataset `dataset_id`, all logged to MLflow; the run id."""
     registry.configure(settings)  # fail before a long search if MLflow is misconfigured
     profile = load_profile(profile or settings.training_profile)
-    dataset = load_dataset(settings, dataset_id)
+    dataset = load_dataset_with_images(settings, dataset_id)
     report(f"dataset {dataset_id}: {dataset.manifest['rows']} rows {dataset.manifest['subsets']}")
     trained = train_best(dataset.frame, profile, families, report=report)
     run_id = runs.log_training(
@@ -86,7 +87,7 @@ def run_evaluate(
     for comparison.
     """
     run = registry.client(settings).get_run(run_id)
-    dataset = load_dataset(settings, run.data.tags["dataset_id"])
+    dataset = load_dataset_with_images(settings, run.data.tags["dataset_id"])
     pipeline = registry.load_run_model(settings, run_id)
     evaluation = evaluate_pipeline(pipeline, dataset.frame)
     report(
@@ -132,7 +133,7 @@ def promote(
         )
     else:
         profile = logged_profile(run_id)
-        dataset = load_dataset(settings, run.data.tags["dataset_id"])
+        dataset = load_dataset_with_images(settings, run.data.tags["dataset_id"])
         candidate, baseline = candidate_and_baseline(settings, run_id, dataset, profile)
         champion_evaluation = None
         if current is not None:

@@ -39,10 +39,12 @@ from sklearn.pipeline import Pipeline
 from rakuten_mlops.errors import TrainingError
 from rakuten_mlops.ml.calibration import fit_temperature
 from rakuten_mlops.ml.features import build_pipeline, pipeline_params
+from rakuten_mlops.ml.fusion import IMAGE_COLUMN
 from rakuten_mlops.ml.profile import OUT_OF_FOLD, load_profile
 
 SCORING = "f1_weighted"
 INPUT_COLUMNS = ["designation", "description"]
+OPTIONAL_INPUT_COLUMNS = [IMAGE_COLUMN]  # issue 17: attached by ml.image_stage
 
 
 # --------------------------------------------------------------------------- results
@@ -100,8 +102,10 @@ class SearchResult:
 
 
 def split_xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Pipeline input (the raw text columns) and the labels."""
-    X = frame[INPUT_COLUMNS].reset_index(drop=True)  # noqa: N806 - scikit-learn's naming
+    """Pipeline input (the raw text columns, and the image vectors when the frame has
+    them: only the fusion family reads them) and the labels."""
+    columns = INPUT_COLUMNS + [c for c in OPTIONAL_INPUT_COLUMNS if c in frame]
+    X = frame[columns].reset_index(drop=True)  # noqa: N806 - scikit-learn's naming
     return X, frame["prdtypecode"].to_numpy(dtype=np.int64)
 
 

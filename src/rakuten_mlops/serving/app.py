@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from rakuten_mlops.serving import schemas
 from rakuten_mlops.serving.auth import AdminRole, ClientRole, KeyRing, Role
 from rakuten_mlops.serving.docs import add_offline_docs
+from rakuten_mlops.serving.images import stored_vectors, uploaded_vector
 from rakuten_mlops.serving.inference_log import Entry, InferenceLogWriter
 from rakuten_mlops.serving.limits import BodyLimitMiddleware, HeaderLimitMiddleware, timed_protocol
 from rakuten_mlops.serving.metrics import MetricsMiddleware, ServingMetrics
@@ -216,11 +217,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         products: list[tuple[str, str | None]],
         top_k: int,
         endpoint: str,
+        images: list | None = None,
     ) -> list[list[dict]]:
         designations = [designation for designation, _ in products]
         descriptions = [description for _, description in products]
         try:
-            prediction = model.predict(designations, descriptions, top_k)
+            prediction = model.predict(designations, descriptions, top_k, images)
         except Exception as exc:
             metrics.errors.labels("model_error").inc()
             log.exception("%s v%s failed on a request", model.name, model.version)
@@ -292,14 +294,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """The `top_k` most probable product types of one product."""
         model = serving_model()  # taken once: a swap during the request does not affect it
         products = [(body.designation, body.description)]
+        image = uploaded_vector(body.image_base64, settings.api_max_image_bytes)
         # Single products run inline: a few milliseconds of CPU, which a thread hop would
         # not shorten (the GIL) but would add to.
-        results = classify(model, products, body.top_k, "predict")
+        results = classify(model, products, body.top_k, "predict", [image])
         request_id = str(uuid.uuid4())
         log_entries(request, request_id, role, model, products, results, "predict")
-        return JSONResponse(
-            {"request_id": request_id, "model": _ref(model), "predictions": results[0]}
-        )
+        used = model.reads_images and image is not None
+        return JSONResponse({"request_id": request_id, "model": _ref(model),
+                             "predictions": results[0], "image_used": used})
 
     @app.post(
         "/predict/batch",
@@ -316,14 +319,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         model = serving_model()
         products = [(item.designation, item.description) for item in body.items]
         metrics.batch_size.observe(len(products))
-        results = await run_in_threadpool(classify, model, products, body.top_k, "predict_batch")
+        images = await run_in_threadpool(stored_vectors, settings, model, body.items)
+        results = await run_in_threadpool(
+            classify, model, products, body.top_k, "predict_batch", images
+        )
         request_id = str(uuid.uuid4())
         log_entries(request, request_id, role, model, products, results, "predict_batch")
         return JSONResponse(
             {
                 "request_id": request_id,
                 "model": _ref(model),
-                "results": [{"predictions": predictions} for predictions in results],
+                "results": [
+                    {"predictions": predictions, "image_used": image is not None}
+                    for predictions, image in zip(results, images, strict=True)
+                ],
             }
         )
 
@@ -421,7 +430,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def max_body_bytes(settings: Settings) -> int:
     """The largest body a valid request can have (JSON escapes take up to 6 bytes a char)."""
     per_item = (settings.api_max_designation_chars + settings.api_max_description_chars) * 6
-    return settings.api_max_batch_size * (per_item + 256) + 64 * 1024
+    image = (settings.api_max_image_bytes + 2) // 3 * 4  # /predict's base64 image
+    return settings.api_max_batch_size * (per_item + 256) + image + 64 * 1024
 
 
 def _json_syntax_error(exc: RequestValidationError) -> str | None:

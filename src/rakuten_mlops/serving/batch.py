@@ -22,6 +22,8 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from rakuten_mlops.ml.image_stage import describe_images
+from rakuten_mlops.serving.images import lake_vectors
 from rakuten_mlops.serving.model import (
     LoadedModel,
     ModelLoadError,
@@ -179,9 +181,12 @@ def predict_shard(
     # Autocommit: each chunk's `transaction()` is a real commit, not a savepoint.
     with connect(settings, autocommit=True) as conn:
         products = conn.execute(query, (run["source_split"], first, last, limit)).fetchall()
+        vectors = shard_images(settings, run, model, conn, [row[0] for row in products])
         for start in range(0, len(products), chunk_size):
             chunk = products[start : start + chunk_size]
-            prediction = model.predict([row[1] for row in chunk], [row[2] for row in chunk], TOP_K)
+            images = [vectors.get(row[0]) for row in chunk] if vectors else None
+            prediction = model.predict([row[1] for row in chunk], [row[2] for row in chunk], TOP_K,
+                                       images)
             now = datetime.now(UTC)
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(UPSERT, [
@@ -190,6 +195,17 @@ def predict_shard(
                 ])
     log.info("shard %s..%s of %s: %d products", first, last, run["run_id"], len(products))
     return len(products)
+
+
+def shard_images(settings: Settings, run: dict, model: LoadedModel, conn,
+                 productids: list[int]) -> dict:
+    """For a model that reads images: the shard's image vectors from the lake's cache,
+    after describing the images no stage has described yet (each read from S3 once)."""
+    if not (model.reads_images and productids):
+        return {}
+    counts = describe_images(settings, f"batch-{run['run_id']}-{productids[0]}", productids)
+    log.info("shard from %s: image vectors %s", productids[0], counts)
+    return lake_vectors(conn, productids)
 
 
 def _row(productid: int, model: LoadedModel, top, run_id: str, now: datetime) -> tuple:

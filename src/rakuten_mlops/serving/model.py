@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import numpy as np
 import sklearn
 
@@ -33,6 +32,7 @@ from rakuten_mlops.ml import tracking
 from rakuten_mlops.ml import trust as model_trust
 from rakuten_mlops.ml.calibration import softmax, temperature_of
 from rakuten_mlops.ml.export import read_export
+from rakuten_mlops.ml.fusion import IMAGE_COLUMN, reads_images
 from rakuten_mlops.ml.registry import NO_SUCH_MODEL_CODES
 from rakuten_mlops.serving.categories import load_category_names
 from rakuten_mlops.serving.fastpath import (
@@ -43,13 +43,12 @@ from rakuten_mlops.serving.fastpath import (
     split_pipeline,
     top_k,
 )
+from rakuten_mlops.serving.health import _first_line, database_problem, registry_reachable
 from rakuten_mlops.settings import Settings
-from rakuten_mlops.storage import connect
 
 log = logging.getLogger("rakuten_mlops.serving.model")
 
 Source = Literal["registry", "export"]
-REGISTRY_PROBE_TIMEOUT = 3.0
 
 
 class ModelLoadError(RuntimeError):
@@ -94,6 +93,7 @@ class LoadedModel:
     # i.e. a monotone but uncalibrated score.
     temperature: float | None = None
     classes: tuple[int, ...] = ()
+    reads_images: bool = False  # a fusion model (issue 17): image vectors are an input
     _steps: tuple[Any, Any] | None = None
 
     # ---------------------------------------------------------------- preparation
@@ -124,9 +124,8 @@ class LoadedModel:
             preprocess, self.estimator[:-1]
         ):
             preprocess = self.estimator[:-1]
-        prepared = replace(
-            self, score=score, classes=codes, _steps=(preprocess, final), input_kind="frame"
-        )
+        prepared = replace(self, score=score, classes=codes, _steps=(preprocess, final),
+                           input_kind="frame", reads_images=reads_images(self.estimator))
         errors = []
         for kind in ("frame", "text"):
             candidate = replace(prepared, input_kind=kind)
@@ -144,28 +143,30 @@ class LoadedModel:
 
     # ---------------------------------------------------------------- prediction
 
-    def _inputs(self, designations: list[str], descriptions: list[str | None]):
+    def _inputs(self, designations: list[str], descriptions: list[str | None], images=None):
         if self.input_kind == "frame":
             import pandas as pd
 
-            return pd.DataFrame(
-                {"designation": designations, "description": descriptions}, dtype=object
-            )
+            columns = {"designation": designations, "description": descriptions}
+            if images is not None and self.reads_images:
+                columns[IMAGE_COLUMN] = images
+            return pd.DataFrame(columns, dtype=object)
         return [
             f"{designation} {description}" if description else designation
             for designation, description in zip(designations, descriptions, strict=True)
         ]
 
     def predict(
-        self, designations: list[str], descriptions: list[str | None], k: int
+        self, designations: list[str], descriptions: list[str | None], k: int, images=None
     ) -> Prediction:
-        """One call into the model for all the products."""
+        """One call into the model for all the products; `images`: a feature vector or
+        None per product, read only by a model that takes images."""
         preprocess, final = self._steps
         started = time.perf_counter()
         # The model was validated when it was fitted and at load; per request, the checks
         # of parameters and finiteness cost more than scoring one product does.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-            features = self._inputs(designations, descriptions)
+            features = self._inputs(designations, descriptions, images)
             if preprocess is not None:
                 features = preprocess.transform(features)
             prepared = time.perf_counter()
@@ -201,18 +202,6 @@ def configure_mlflow_client(settings: Settings) -> None:
     tracking.configure(settings, "reader")
 
 
-def registry_reachable(settings: Settings) -> str | None:
-    """None when MLflow answers its health check, else why not."""
-    url = f"{settings.tracking_uri.rstrip('/')}/health"
-    try:
-        response = httpx.get(url, timeout=REGISTRY_PROBE_TIMEOUT)
-    except httpx.HTTPError as exc:
-        return f"MLflow at {settings.tracking_uri} is unreachable ({type(exc).__name__})"
-    if response.status_code != 200:
-        return f"MLflow at {settings.tracking_uri} answered {response.status_code} on /health"
-    return None
-
-
 def champion_version(settings: Settings):
     """The registry's ModelVersion under MODEL_NAME@MODEL_ALIAS (RegistryUnavailable if none)."""
     if reason := registry_reachable(settings):
@@ -233,26 +222,6 @@ def champion_version(settings: Settings):
         raise RegistryUnavailable(
             f"MLflow could not look up {ref} ({exc.error_code}): {cause}"
         ) from exc
-
-
-def database_problem(settings: Settings) -> str | None:
-    """None when PostgreSQL answers, else why not (MLflow's store and the lake share it)."""
-    import psycopg
-
-    try:
-        with connect(settings, connect_timeout=2) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return (
-            f"PostgreSQL at {settings.postgres_host}:{settings.postgres_port} is unreachable "
-            f"({type(exc).__name__}: {_first_line(str(exc))})"
-        )
-    return None
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return line[:limit]
 
 
 def load_registry_version(settings: Settings, version, expected_sha256: str | None) -> LoadedModel:

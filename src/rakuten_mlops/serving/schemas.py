@@ -96,6 +96,10 @@ def request_models(
         model_config = ConfigDict(**strict, json_schema_extra={"examples": [EXAMPLE_PRODUCT_2]})
         designation: designation_type
         description: description_type = None
+        # Issue 17: a fusion model reads the image the lake stored for this product.
+        productid: int | None = Field(
+            None, description="The lake's product id: its stored image is used (optional)."
+        )
 
     class PredictRequest(BaseModel):
         """One product to classify."""
@@ -109,6 +113,12 @@ def request_models(
         designation: designation_type
         description: description_type = None
         top_k: top_k_type = DEFAULT_TOP_K
+        # Issue 17 (rakuten_mlops.serving.images): checked, then read by a fusion model.
+        image_base64: str | None = Field(
+            None,
+            description="The product's photo, a JPEG or PNG file in base64 (optional; at "
+            "most API_MAX_IMAGE_BYTES once decoded).",
+        )
 
     class BatchRequest(BaseModel):
         """Up to API_MAX_BATCH_SIZE products, classified in one call into the model."""
@@ -126,6 +136,11 @@ def request_models(
 
 
 # ------------------------------------------------------------------------- responses
+
+
+IMAGE_USED = False
+IMAGE_USED_DOC = ("Whether the model read an image for this product: the served model takes "
+                  "images (a fusion model) and one was sent, or the lake has the product's.")
 
 
 class ClassScore(BaseModel):
@@ -156,10 +171,12 @@ class PredictResponse(BaseModel):
     request_id: str = Field(description="Also the key of this prediction in the inference log.")
     model: ModelRef
     predictions: list[ClassScore]
+    image_used: bool = Field(IMAGE_USED, description=IMAGE_USED_DOC)
 
 
 class BatchItem(BaseModel):
     predictions: list[ClassScore]
+    image_used: bool = Field(IMAGE_USED, description=IMAGE_USED_DOC)
 
 
 class BatchResponse(BaseModel):

@@ -30,6 +30,7 @@ from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enable
 from sklearn.feature_selection import SelectKBest, chi2
 from sklearn.model_selection import HalvingGridSearchCV
 from sklearn.pipeline import Pipeline
+from sklearn.utils import resample
 
 from rakuten_mlops.ml.features import (
     TREE_FAMILIES,
@@ -148,6 +149,17 @@ def last_rung_best(table: pd.DataFrame) -> int:
 def rungs(table: pd.DataFrame) -> list[int]:
     """Rows each rung the family reached gave its candidates."""
     return [int(n) for n in np.unique(table["n_resources"])]
+
+
+def last_rung_splits(splits, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds as the race's last rung ran them when it had all rows: scikit-learn's
+    subsampling (fraction 1) shuffles each fold's rows. Out-of-fold predictions on these
+    read the features that rung cached (a shuffled fold hashes differently)."""
+
+    def shuffled(rows):
+        return resample(rows, replace=False, random_state=random_state, n_samples=len(rows))
+
+    return [(shuffled(train), shuffled(test)) for train, test in splits]
 
 
 def _yaml_value(value):

@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the next
 from sklearn.model_selection import (
     GridSearchCV,
     HalvingGridSearchCV,
     StratifiedKFold,
-    cross_val_predict,
 )
 from sklearn.pipeline import Pipeline
 
@@ -402,10 +403,33 @@ def score_temperature(
         return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
     X, y = split_xy(training_rows(frame, profile))  # noqa: N806
     unfitted = family_pipeline(best.family, profile, best.best_params, memory=memory)
-    decision = cross_val_predict(
-        unfitted, X, y, cv=folds(profile), method="decision_function", n_jobs=profile["n_jobs"]
-    )
+    splits = list(folds(profile).split(X, y))
+    if profile["search"] == race.RACE:
+        splits = race.last_rung_splits(splits, profile["random_state"])
+    decision = out_of_fold_decisions(unfitted, X, y, splits, profile["n_jobs"])
     return fit_temperature(decision, y, pipeline.classes_)
+
+
+def out_of_fold_decisions(unfitted: Pipeline, X, y, splits, n_jobs: int) -> np.ndarray:  # noqa: N803
+    """Each row's decision values from the model of the folds that did not hold it.
+
+    Not cross_val_predict: it label-encodes y before fitting, so the folds' cached
+    features (keyed on the search's raw labels) would all be missed and recomputed.
+    """
+    def fold(train, test):
+        model = clone(unfitted).fit(X.iloc[train], y[train])
+        return test, model.classes_, model.decision_function(X.iloc[test])
+
+    classes = np.unique(y)
+    decision = np.full((len(y), len(classes)), np.nan, dtype=np.float64)
+    for test, fold_classes, values in Parallel(n_jobs=n_jobs)(
+        delayed(fold)(train, test) for train, test in splits
+    ):
+        # A class absent from a fold's training rows scores below all the others there.
+        rows = np.full((len(test), len(classes)), values.min() - 1.0)
+        rows[:, np.searchsorted(classes, fold_classes)] = values
+        decision[test] = rows
+    return decision
 
 
 @dataclass

@@ -197,3 +197,89 @@ def test_the_train_stage_leaves_no_search_worker_running(sample_frame):
     # The workers would hold the Airflow task's log sockets: its supervisor waits 60 s.
     _calibrated(sample_frame, {**LINEAR_SVC_ONLY, "n_jobs": 2})
     assert search_workers_running() == []
+
+
+# --------------------------------------------------------------------------- racing
+
+RACE_PROFILE = {**TINY_PROFILE, "name": "tiny-race", "search": "race", "race": {"factor": 3}}
+
+
+@pytest.fixture(scope="module")
+def tiny_race(sample_frame, tmp_path_factory):
+    """TINY_PROFILE's families raced, and the joblib cache folder the race filled."""
+    cache = tmp_path_factory.mktemp("race_cache")
+    return search(sample_frame, dict(RACE_PROFILE), report=lambda line: None,
+                  memory=str(cache)), cache
+
+
+def test_the_race_scores_every_candidate_of_every_family_at_the_first_rung(tiny_race):
+    raced, _ = tiny_race
+    assert set(raced.families) == set(FAMILIES)
+    first_rung = min(min(r.n_resources) for r in raced.families.values())
+    for family, result in raced.families.items():
+        table = result.cv_results
+        assert result.search == "race"
+        at_first = table[table["iter"] == 0]
+        assert len(at_first) == result.n_candidates == 2, family
+        assert set(at_first["n_resources"]) == {first_rung}, family
+
+
+def test_the_race_stops_losing_families_early_and_gives_each_candidate_its_budget(
+    tiny_race, sample_frame
+):
+    raced, _ = tiny_race
+    top_rung = max(max(r.n_resources) for r in raced.families.values())
+    # The winner is scored on (nearly) all training rows; at least one family stopped at
+    # a rung `factor` times smaller, its every candidate with that budget.
+    assert top_rung > 0.99 * raced.n_train
+    assert raced.best.n_resources[-1] == top_rung
+    stopped = [r for r in raced.families.values() if r.n_resources[-1] < top_rung]
+    assert stopped, "no family stopped early"
+    for result in stopped:
+        assert result.cv_results["n_resources"].max() * 3 <= top_rung
+        assert result.cv_score < raced.best.cv_score
+    # Budgets: one row per candidate and rung it ran, and its rows.
+    budgets = raced.best.cv_results.groupby(raced.best.cv_results["params"].map(str))
+    assert budgets["n_resources"].max().max() == top_rung
+    assert raced.summary()["best_family"] == raced.best.family == raced.winner
+
+
+def test_the_race_computes_the_features_once_per_fold_and_rung(tiny_race):
+    """Every candidate of every family reads the same cached cleaning and TF-IDF: the
+    cache holds one entry per fold and rung for each, plus the tree families' selection."""
+    raced, cache = tiny_race
+    folds_, rungs_ = raced.cv_folds, len(raced.best.n_resources)
+    entries = list(cache.glob("joblib/sklearn/pipeline/*/*/output.pkl"))
+    selections = sum(len(raced.families[f].n_resources) for f in TREE_FAMILIES) * folds_
+    assert len(entries) == 2 * rungs_ * folds_ + selections
+
+
+def test_the_race_winner_is_refit_and_scores_like_the_per_family_winner(
+    tiny_race, tiny_search, sample_frame
+):
+    from rakuten_mlops.ml.evaluate import evaluate_pipeline as evaluate
+
+    raced, _ = tiny_race
+    assert raced.best.family == tiny_search.best.family
+    assert raced.best.cv_score == pytest.approx(tiny_search.best.cv_score, abs=0.01)
+    raced_test = evaluate(refit(sample_frame, raced.best, dict(RACE_PROFILE)), sample_frame)
+    per_family_test = evaluate(refit(sample_frame, tiny_search.best, dict(TINY_PROFILE)),
+                               sample_frame)
+    assert raced_test.f1_weighted == pytest.approx(per_family_test.f1_weighted, abs=0.01)
+
+
+def test_the_full_profile_races_and_a_bad_racing_profile_is_refused():
+    full = load_profile("full")
+    assert full["search"] == "race" and full["race"]["factor"] >= 2
+    assert load_profile("quick")["search"] == "per_family" and load_profile("quick")["race"] is None
+    racing = {"search": "race", "families": {"logreg": {}}}
+    with pytest.raises(ProfileError, match=r"race\.factor: Input should be greater than or"):
+        load_profile({**racing, "race": {"factor": 1}})
+    with pytest.raises(ProfileError, match=r"search: Input should be 'per_family' or 'race'"):
+        load_profile({**racing, "search": "racing"})
+    with pytest.raises(ProfileError, match="race: set only with `search: race`"):
+        load_profile({"race": {"factor": 3}, "families": {"logreg": {}}})
+    with pytest.raises(ProfileError, match=r"families\.logreg\.features: racing families share"):
+        load_profile({**racing, "families": {"logreg": {"features": {"char": None}}}})
+    with pytest.raises(ProfileError, match="'clean__max_chars' changes the features all racing"):
+        load_profile({**racing, "families": {"logreg": {"grid": {"clean__max_chars": [100]}}}})

@@ -34,6 +34,18 @@ class Halving(_Strict):
     aggressive_elimination: bool = False
 
 
+class Race(_Strict):
+    """`search: race` (rakuten_mlops.ml.race): successive halving across the families."""
+
+    factor: int = Field(3, ge=2)
+    min_resources: int | Literal["exhaust", "smallest"] = "exhaust"
+    aggressive_elimination: bool = False
+
+
+# Pipeline steps a racing candidate may not set: their output is shared by all of them.
+SHARED_STEP_PREFIXES = ("clean__", "tfidf__")
+
+
 class FamilySpec(_Strict):
     search: Literal["grid", "halving"] = "grid"
     grid: dict[str, list[Any]] = Field(default_factory=dict)
@@ -68,6 +80,10 @@ class TrainingProfile(_Strict):
     features: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
     calibration: str = "validation"
     baseline: bool = True
+    # per_family: one search per family (its `search:` and `halving:` keys); race: every
+    # family's candidates in one successive halving (`race:`; families' own keys ignored).
+    search: Literal["per_family", "race"] = "per_family"
+    race: Race | None = None
     families: dict[str, FamilySpec] = Field(min_length=1)
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
 
@@ -89,6 +105,30 @@ class TrainingProfile(_Strict):
                 f"calibration {self.calibration!r} must not be one of the train_subsets "
                 f"{self.train_subsets} (use {OUT_OF_FOLD!r})"
             )
+        return self
+
+
+    @model_validator(mode="after")
+    def _racing_families_share_features(self) -> TrainingProfile:
+        if self.search != "race":
+            if self.race is not None:
+                raise ValueError("race: set only with `search: race`")
+            return self
+        self.race = self.race or Race()
+        for name, spec in self.families.items():
+            if spec.features:
+                raise ValueError(
+                    f"families.{name}.features: racing families share the profile's "
+                    "features (computed once per fold); move them to `features:` or use "
+                    "`search: per_family`"
+                )
+            keys = [*(spec.grid or {}), *(spec.fixed or {})]
+            shared = [key for key in keys if key.startswith(SHARED_STEP_PREFIXES)]
+            if shared:
+                raise ValueError(
+                    f"families.{name}: {shared[0]!r} changes the features all racing "
+                    "families share; set it in `features:` or use `search: per_family`"
+                )
         return self
 
 

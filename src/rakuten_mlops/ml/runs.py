@@ -100,6 +100,10 @@ def log_training(
                 "scoring": "f1_weighted",
                 "train_subsets": ",".join(profile["train_subsets"]),
                 "calibration": profile["calibration"],
+                # race: one successive halving across the families (each family's
+                # cv_results.csv gives every candidate's rows per rung: its budget).
+                "search": profile.get("search", "per_family"),
+                **({"race_factor": profile["race"]["factor"]} if profile.get("race") else {}),
                 "n_train": result.n_train,
                 "families": ",".join(result.families),
                 "best_family": best.family,

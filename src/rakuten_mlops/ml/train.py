@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,22 +23,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
-from joblib.externals.loky import get_reusable_executor
+from joblib import Parallel, delayed
+from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the next
 from sklearn.model_selection import (
     GridSearchCV,
     HalvingGridSearchCV,
     StratifiedKFold,
-    cross_val_predict,
 )
 from sklearn.pipeline import Pipeline
 
 from rakuten_mlops.errors import TrainingError
+from rakuten_mlops.ml import race
 from rakuten_mlops.ml.calibration import fit_temperature
 from rakuten_mlops.ml.features import build_pipeline, pipeline_params
 from rakuten_mlops.ml.fusion import IMAGE_COLUMN
 from rakuten_mlops.ml.profile import OUT_OF_FOLD, load_profile
+from rakuten_mlops.ml.resources import PeakMemory, search_workers
 
 SCORING = "f1_weighted"
 INPUT_COLUMNS = ["designation", "description"]
@@ -53,7 +52,7 @@ OPTIONAL_INPUT_COLUMNS = [IMAGE_COLUMN]  # issue 17: attached by ml.image_stage
 @dataclass
 class FamilyResult:
     family: str
-    search: str  # grid | halving
+    search: str  # grid | halving | race
     best_params: dict[str, Any]
     cv_score: float  # mean weighted F1 of the best candidate over the folds
     cv_std: float
@@ -62,7 +61,9 @@ class FamilyResult:
     seconds: float
     peak_rss_mb: float
     cv_results: pd.DataFrame = field(repr=False)
-    # Successive halving: rows used per iteration (the best is picked in the last one).
+    # Successive halving: rows used per iteration (the best is picked in the last one);
+    # racing: rows of each rung the family reached (cv_results' `n_resources` has each
+    # candidate's). A raced family's cv_score is its best at the last rung it reached.
     n_resources: list[int] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -79,14 +80,20 @@ class SearchResult:
     cv_folds: int
     seconds: float
     peak_rss_mb: float
+    # Racing: the family of the last rung's best candidate (the others stopped earlier,
+    # their scores come from fewer rows and do not compare). None: the best cv_score.
+    winner: str | None = None
 
     @property
     def best(self) -> FamilyResult:
+        if self.winner is not None:
+            return self.families[self.winner]
         return max(self.families.values(), key=lambda result: result.cv_score)
 
     def summary(self) -> dict[str, Any]:
         return {
             "profile": self.profile,
+            "search": race.RACE if self.winner is not None else "per_family",
             "best_family": self.best.family,
             "best_params": self.best.best_params,
             "best_cv_f1_weighted": self.best.cv_score,
@@ -254,6 +261,9 @@ def search(
             f"family {unknown[0]!r} is not in profile {profile['name']!r} "
             f"(it has {', '.join(profile['families'])})"
         )
+    if profile["search"] == race.RACE:
+        chosen = {name: profile["families"][name] for name in families}
+        return race_families(rows, {**profile, "families": chosen}, memory, report)
     results: dict[str, FamilyResult] = {}
     started = time.perf_counter()
     with PeakMemory() as peak:
@@ -275,6 +285,66 @@ def search(
         cv_folds=profile["cv_folds"],
         seconds=time.perf_counter() - started,
         peak_rss_mb=peak.mb,
+    )
+
+
+def race_families(
+    rows: pd.DataFrame, profile: dict[str, Any], memory: str | None, report=print
+) -> SearchResult:
+    """Every candidate of every family raced on growing subsamples of the same folds
+    (rakuten_mlops.ml.race); one FamilyResult per family, its budget in cv_results."""
+    X, y = split_xy(rows)  # noqa: N806
+    searcher, owners = race.make_race(profile, memory, SCORING, folds(profile))
+    report(
+        f"racing {', '.join(profile['families'])} on {len(rows)} rows, "
+        f"{profile['cv_folds']} folds, factor {profile['race']['factor']}"
+    )
+    with PeakMemory() as peak:
+        started = time.perf_counter()
+        searcher.fit(X, y)
+        seconds = time.perf_counter() - started
+    rung_sizes = zip(searcher.n_resources_, searcher.n_candidates_, strict=True)
+    report(f"  rungs (rows, candidates): {list(rung_sizes)}")
+    tables = race.family_tables(searcher, owners, _RESULT_COLUMNS)
+    results = {
+        family: _raced_family(family, table, profile, peak.mb)
+        for family, table in tables.items()
+    }
+    for result in results.values():
+        report(
+            f"  {result.family}: stopped at {result.n_resources[-1]} rows, cv f1_weighted "
+            f"{result.cv_score:.4f} ± {result.cv_std:.4f} with {result.best_params}"
+        )
+    return SearchResult(
+        profile=profile["name"],
+        families=results,
+        n_train=len(rows),
+        cv_folds=profile["cv_folds"],
+        seconds=seconds,
+        peak_rss_mb=peak.mb,
+        winner=race.winner(searcher, owners),
+    )
+
+
+def _raced_family(
+    family: str, table: pd.DataFrame, profile: dict[str, Any], peak_mb: float
+) -> FamilyResult:
+    best = race.last_rung_best(table)
+    folds_ = profile["cv_folds"]
+    return FamilyResult(
+        family=family,
+        search=race.RACE,
+        best_params={k: _plain(v) for k, v in table["params"][best].items()},
+        cv_score=float(table["mean_test_score"][best]),
+        cv_std=float(table["std_test_score"][best]),
+        n_candidates=int(table["params"].map(str).nunique()),
+        n_fits=int(len(table) * folds_),
+        # The race runs candidates of all families side by side: a family's share is the
+        # time its fits and scorings took in the workers, not a wall-clock span.
+        seconds=float(((table["mean_fit_time"] + table["mean_score_time"]) * folds_).sum()),
+        peak_rss_mb=peak_mb,
+        cv_results=table,
+        n_resources=race.rungs(table),
     )
 
 
@@ -307,54 +377,6 @@ def _plain(value):
     return value
 
 
-# --------------------------------------------------------------------------- resources
-
-
-class PeakMemory:
-    """Peak resident memory of this process and its children (the search's workers)."""
-
-    def __init__(self, interval: float = 0.2):
-        self.interval = interval
-        self.mb = 0.0
-        self._stop = threading.Event()
-
-    def _sample(self) -> None:
-        me = psutil.Process(os.getpid())
-        while not self._stop.is_set():
-            try:
-                total = me.memory_info().rss
-                for child in me.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        total += child.memory_info().rss
-                self.mb = max(self.mb, total / 2**20)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-@contextlib.contextmanager
-def search_workers():
-    """Stops joblib's worker processes (the parallel search's) when the work is done.
-
-    They outlive the search by design (joblib reuses them for 300 s), and they inherit the
-    task's stdout, stderr and supervisor sockets: Airflow's supervisor then waits 60 s for
-    those to close before it calls the task finished.
-    """
-    try:
-        yield
-    finally:
-        get_reusable_executor().shutdown(wait=True)
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -385,10 +407,33 @@ def score_temperature(
         return fit_temperature(pipeline.decision_function(X), y, pipeline.classes_)
     X, y = split_xy(training_rows(frame, profile))  # noqa: N806
     unfitted = family_pipeline(best.family, profile, best.best_params, memory=memory)
-    decision = cross_val_predict(
-        unfitted, X, y, cv=folds(profile), method="decision_function", n_jobs=profile["n_jobs"]
-    )
+    splits = list(folds(profile).split(X, y))
+    if profile["search"] == race.RACE:
+        splits = race.last_rung_splits(splits, profile["random_state"])
+    decision = out_of_fold_decisions(unfitted, X, y, splits, profile["n_jobs"])
     return fit_temperature(decision, y, pipeline.classes_)
+
+
+def out_of_fold_decisions(unfitted: Pipeline, X, y, splits, n_jobs: int) -> np.ndarray:  # noqa: N803
+    """Each row's decision values from the model of the folds that did not hold it.
+
+    Not cross_val_predict: it label-encodes y before fitting, so the folds' cached
+    features (keyed on the search's raw labels) would all be missed and recomputed.
+    """
+    def fold(train, test):
+        model = clone(unfitted).fit(X.iloc[train], y[train])
+        return test, model.classes_, model.decision_function(X.iloc[test])
+
+    classes = np.unique(y)
+    decision = np.full((len(y), len(classes)), np.nan, dtype=np.float64)
+    for test, fold_classes, values in Parallel(n_jobs=n_jobs)(
+        delayed(fold)(train, test) for train, test in splits
+    ):
+        # A class absent from a fold's training rows scores below all the others there.
+        rows = np.full((len(test), len(classes)), values.min() - 1.0)
+        rows[:, np.searchsorted(classes, fold_classes)] = values
+        decision[test] = rows
+    return decision
 
 
 @dataclass

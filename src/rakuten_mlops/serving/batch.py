@@ -17,6 +17,7 @@ in one process, for all shards or one.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -87,7 +88,11 @@ def keep_champion_loaded(settings: Settings) -> LoadedModel | None:
         configure_mlflow_client(settings)
         _resident, _resident_checked = ModelManager(settings), 0.0
     if _resident.current is None or time.monotonic() - _resident_checked > RESIDENT_RECHECK_SECONDS:
-        _resident.refresh()
+        if _resident.refresh().changed:
+            # Out of the collector's sight: a task process forked from this one would
+            # otherwise write to (and so copy) every page of the model at its first
+            # collection (~1 s a shard).
+            gc.freeze()
         _resident_checked = time.monotonic()
     return _resident.current
 

@@ -430,7 +430,10 @@ def test_the_docker_dag_runs_the_same_stages_as_cli_commands_in_the_ml_image(doc
     from rakuten_mlops.cli import app
 
     # Both start with the lake's migrations (the only tasks that change its schema).
-    assert docker_dag["local"] == ["migrate_schema", *STAGES]
+    assert docker_dag["local"] == [
+        "migrate_schema", "preprocess", "image_features", *STAGES[1:]]
+    # In containers the image features are described by the preprocess container.
+    assert docker_dag["commands"]["preprocess"]["command"][:2] == ["preprocess", "--image-features"]
     # ... and the docker DAG ends in the worker: the export of a new champion to models/.
     assert docker_dag["docker"] == [
         "migrate_schema", "check_docker_engine", *STAGES, "export_champion"]

@@ -27,6 +27,8 @@ MAX_EXAMPLES = 20
 def test_fuzzing_the_openapi_spec_finds_nothing(api, tmp_path):
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
+        "--config-file",
+        str(Path(__file__).with_name("schemathesis.toml")),
         "run",
         f"{api.base_url}/openapi.json",
         "--header",

@@ -121,7 +121,11 @@ def test_validation_errors_are_counted(api):
 
 
 def test_bodies_larger_than_any_valid_request_are_413(api):
-    huge = b'{"designation": "' + b"a" * 6_000_000 + b'"}'
+    from rakuten_mlops.serving.app import max_body_bytes
+    from rakuten_mlops.settings import get_settings
+
+    # One byte over the largest valid body (it grows with API_MAX_IMAGE_BYTES).
+    huge = b'{"designation": "' + b"a" * (max_body_bytes(get_settings()) + 1) + b'"}'
     headers = {**CLIENT, "Content-Type": "application/json"}
     declared = api.post("/predict", content=huge, headers=headers)
     assert declared.status_code == 413 and declared.json() == {"detail": "request body too large"}

@@ -153,6 +153,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for error in exc.errors():
             loc = [str(part) for part in error.get("loc", ())]
             field = ".".join(loc[1:] if loc and loc[0] in ("body", "query") else loc) or "body"
+            if error.get("type") == "string_pattern_mismatch" and field == "image_base64":
+                error = {**error, "msg": "not valid base64 (A-Z a-z 0-9 + / in groups of 4, "
+                                         "= padding)"}
             # The input itself is never echoed back (it may be huge or not encodable).
             problems.append(
                 {
@@ -284,7 +287,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/predict",
         response_model=schemas.PredictResponse,
         tags=["prediction"],
-        responses=ERRORS,
+        responses={**ERRORS, 415: {"model": schemas.ErrorResponse,
+                                   "description": "`image_base64` is not a JPEG or PNG file."}},
     )
     async def predict(
         request: Request,

@@ -101,6 +101,10 @@ def request_models(
             None, description="The lake's product id: its stored image is used (optional)."
         )
 
+    BASE64_PATTERN = (
+        r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+    )
+
     class PredictRequest(BaseModel):
         """One product to classify."""
 
@@ -118,6 +122,9 @@ def request_models(
             None,
             description="The product's photo, a JPEG or PNG file in base64 (optional; at "
             "most API_MAX_IMAGE_BYTES once decoded).",
+            # Strict base64 in the contract itself: a client (or a fuzzer) reading the
+            # schema knows that "" or a broken padding is not a photo.
+            pattern=BASE64_PATTERN,
         )
 
     class BatchRequest(BaseModel):

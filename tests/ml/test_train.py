@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 
 from rakuten_mlops.errors import ProfileError
@@ -164,6 +165,50 @@ def test_out_of_fold_calibration_fits_the_temperature_on_rows_each_model_did_not
     model = clone(pipeline).fit(X.iloc[fold_train], y[fold_train])
     held = fit_temperature(model.decision_function(X.iloc[fold_held]), y[fold_held], model.classes_)
     assert held == pytest.approx(temperature, rel=0.35)
+
+
+def _refitted_folds_temperature(sample_frame, trained, profile, splits):
+    """The temperature from the winner fitted again on each of `splits` (nothing recorded)."""
+    from rakuten_mlops.ml.calibration import fit_temperature
+    from rakuten_mlops.ml.oof import out_of_fold_decisions
+    from rakuten_mlops.ml.train import family_pipeline, split_xy
+
+    profile = load_profile(profile)
+    X, y = split_xy(training_rows(sample_frame, profile))  # noqa: N806
+    best = trained.search.best
+    unfitted = family_pipeline(best.family, profile, best.best_params)
+    decision, recorded = out_of_fold_decisions(unfitted, X, y, splits(X, y, profile), 2)
+    assert recorded == 0
+    held_out = ~np.isnan(decision).any(axis=1)
+    return fit_temperature(decision[held_out], y[held_out], trained.pipeline.classes_)
+
+
+@pytest.mark.parametrize("search_mode", ["per_family", "race"])
+def test_calibration_reads_the_decision_values_the_search_recorded(sample_frame, search_mode):
+    """The search scored the winner on every fold: calibration fits nothing again, and
+    its temperature is the one the folds fitted again give."""
+    from rakuten_mlops.ml import race
+    from rakuten_mlops.ml.train import folds, train_best
+
+    families = {"linear_svc": {"search": "grid", "grid": {"C": [0.5, 1.0]}},
+                "logreg": {"search": "grid", "fixed": {"solver": "saga", "max_iter": 5},
+                           "grid": {"C": [0.01]}}}
+    profile = {**LINEAR_SVC_ONLY, "families": families, "calibration": "out_of_fold",
+               "search": search_mode, **({"race": {"factor": 2}} if search_mode == "race" else {})}
+    lines = []
+    trained = train_best(sample_frame, profile, report=lines.append)
+    assert trained.search.best.family == "linear_svc"
+    assert "calibration: 3 of 3 folds' decision values were the search's" in lines
+
+    def splits(X, y, loaded):  # noqa: N803
+        plain = list(folds(loaded).split(X, y))
+        if search_mode == "per_family":
+            return plain
+        return race.last_rung_splits(plain, loaded["random_state"],
+                                     trained.search.best.n_resources[-1], len(y))
+
+    assert trained.temperature == pytest.approx(
+        _refitted_folds_temperature(sample_frame, trained, profile, splits), rel=1e-6)
 
 
 def test_subset_calibration_fits_the_temperature_on_that_subset(sample_frame):

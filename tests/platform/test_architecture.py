@@ -25,6 +25,7 @@ PURE = {
     f"{PACKAGE}.ml.calibration",
     f"{PACKAGE}.ml.image_features",
     f"{PACKAGE}.ml.fusion",
+    f"{PACKAGE}.ml.oof",
 }
 # The data-quality statistics, wherever the quality package puts them.
 PURE_STEMS = ("statistics", "drift", "stats")

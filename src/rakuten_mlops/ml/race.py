@@ -151,15 +151,20 @@ def rungs(table: pd.DataFrame) -> list[int]:
     return [int(n) for n in np.unique(table["n_resources"])]
 
 
-def last_rung_splits(splits, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The folds as the race's last rung ran them when it had all rows: scikit-learn's
-    subsampling (fraction 1) shuffles each fold's rows. Out-of-fold predictions on these
-    read the features that rung cached (a shuffled fold hashes differently)."""
+def last_rung_splits(
+    splits, random_state: int, last_rung: int, n_rows: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds as the race's last rung ran them: scikit-learn subsamples each fold's
+    rows to the rung's fraction of all rows (with `min_resources: exhaust` the last rung
+    may stop a few rows short of all) and shuffles them. Out-of-fold predictions on these
+    are the ones the race recorded, and read the features that rung cached."""
+    fraction = last_rung / n_rows  # as HalvingGridSearchCV computes it
 
-    def shuffled(rows):
-        return resample(rows, replace=False, random_state=random_state, n_samples=len(rows))
+    def subsample(rows):
+        return resample(rows, replace=False, random_state=random_state,
+                        n_samples=int(fraction * len(rows)))
 
-    return [(shuffled(train), shuffled(test)) for train, test in splits]
+    return [(subsample(train), subsample(test)) for train, test in splits]
 
 
 def _yaml_value(value):

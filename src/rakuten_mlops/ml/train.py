@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
-from sklearn.base import clone
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401 - enables the next
 from sklearn.model_selection import (
     GridSearchCV,
@@ -34,7 +32,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import Pipeline
 
 from rakuten_mlops.errors import TrainingError
-from rakuten_mlops.ml import race
+from rakuten_mlops.ml import oof, race
 from rakuten_mlops.ml.calibration import fit_temperature
 from rakuten_mlops.ml.features import build_pipeline, pipeline_params
 from rakuten_mlops.ml.fusion import IMAGE_COLUMN
@@ -150,12 +148,18 @@ def family_pipeline(
     )
 
 
+def scorer(memory: str | None):
+    """Weighted F1; with a cache folder, it also keeps the decision values calibration
+    reads back (rakuten_mlops.ml.oof)."""
+    return oof.RecordingScorer(memory) if memory else SCORING
+
+
 def make_search(family: str, spec: dict[str, Any], profile: dict[str, Any], memory: str | None):
     # n_jobs=1: the search parallelises over candidates x folds.
     pipeline = family_pipeline(family, profile, memory=memory)
     grid = _as_grid(family, spec["grid"])
     common = {
-        "scoring": SCORING,
+        "scoring": scorer(memory),
         "cv": folds(profile),
         "n_jobs": profile["n_jobs"],
         "refit": False,  # only the winning family is refit, once
@@ -294,7 +298,7 @@ def race_families(
     """Every candidate of every family raced on growing subsamples of the same folds
     (rakuten_mlops.ml.race); one FamilyResult per family, its budget in cv_results."""
     X, y = split_xy(rows)  # noqa: N806
-    searcher, owners = race.make_race(profile, memory, SCORING, folds(profile))
+    searcher, owners = race.make_race(profile, memory, scorer(memory), folds(profile))
     report(
         f"racing {', '.join(profile['families'])} on {len(rows)} rows, "
         f"{profile['cv_folds']} folds, factor {profile['race']['factor']}"
@@ -386,17 +390,19 @@ def score_temperature(
     best: FamilyResult,
     profile: str | Path | dict,
     memory: str | None = None,
+    report=print,
 ) -> float | None:
     """For a model without predict_proba (LinearSVC): the softmax temperature of its
     decision function (serving turns decision values into probabilities with it), fitted
     on decision values for rows the model did not learn. None for models with
     probabilities, or when the profile's calibration subset is empty.
 
-    `calibration: out_of_fold`: `best`'s pipeline, cross-validated on the search's folds
-    (their features come from `memory` when the search left them there); otherwise the
-    refit `pipeline` on the calibration subset's rows.
+    `calibration: out_of_fold`: `best`'s decision values on the search's folds, as the
+    search recorded them in `memory` (rakuten_mlops.ml.oof), a fold it did not record
+    cross-validated again (its features from `memory`); otherwise the refit `pipeline` on
+    the calibration subset's rows.
     """
-    if hasattr(pipeline, "predict_proba"):
+    if not oof.has_margin_only(pipeline):
         return None
     profile = load_profile(profile)
     calibration = profile["calibration"]
@@ -409,31 +415,15 @@ def score_temperature(
     unfitted = family_pipeline(best.family, profile, best.best_params, memory=memory)
     splits = list(folds(profile).split(X, y))
     if profile["search"] == race.RACE:
-        splits = race.last_rung_splits(splits, profile["random_state"])
-    decision = out_of_fold_decisions(unfitted, X, y, splits, profile["n_jobs"])
-    return fit_temperature(decision, y, pipeline.classes_)
-
-
-def out_of_fold_decisions(unfitted: Pipeline, X, y, splits, n_jobs: int) -> np.ndarray:  # noqa: N803
-    """Each row's decision values from the model of the folds that did not hold it.
-
-    Not cross_val_predict: it label-encodes y before fitting, so the folds' cached
-    features (keyed on the search's raw labels) would all be missed and recomputed.
-    """
-    def fold(train, test):
-        model = clone(unfitted).fit(X.iloc[train], y[train])
-        return test, model.classes_, model.decision_function(X.iloc[test])
-
-    classes = np.unique(y)
-    decision = np.full((len(y), len(classes)), np.nan, dtype=np.float64)
-    for test, fold_classes, values in Parallel(n_jobs=n_jobs)(
-        delayed(fold)(train, test) for train, test in splits
-    ):
-        # A class absent from a fold's training rows scores below all the others there.
-        rows = np.full((len(test), len(classes)), values.min() - 1.0)
-        rows[:, np.searchsorted(classes, fold_classes)] = values
-        decision[test] = rows
-    return decision
+        splits = race.last_rung_splits(
+            splits, profile["random_state"], best.n_resources[-1], len(y)
+        )
+    decision, recorded = oof.out_of_fold_decisions(
+        unfitted, X, y, splits, profile["n_jobs"], memory
+    )
+    report(f"calibration: {recorded} of {len(splits)} folds' decision values were the search's")
+    held_out = ~np.isnan(decision).any(axis=1)  # a race's last rung may leave a few rows out
+    return fit_temperature(decision[held_out], y[held_out], pipeline.classes_)
 
 
 @dataclass
@@ -468,7 +458,7 @@ def train_best(
         pipeline = refit(frame, best, profile)
         refit_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        temperature = score_temperature(pipeline, frame, best, profile, memory)
+        temperature = score_temperature(pipeline, frame, best, profile, memory, report)
         calibration_seconds = time.perf_counter() - started
     if temperature is not None:
         report(f"score temperature {temperature:.4f} ({profile['calibration']} decision values)")

@@ -4,22 +4,29 @@ on 2 Celery workers, against `predict-batch` in one process and a naive per-row 
 
 Input: ../shared/data/translated (57,375 products), loaded as the unlabelled (`test`)
 products of a database of this benchmark's own. Model: the project's text pipeline
-(rakuten_mlops.ml.features, word TF-IDF) with a logistic-loss linear model trained on
-10,000 of those products, registered in the running MLflow under a name of its own,
-trusted and made its champion (all removed at the end, with the database).
+(rakuten_mlops.ml.features, with the full profile's word, char and title TF-IDF) and a
+logistic-loss linear model trained on 10,000 of those products, registered in the
+running MLflow under a name of its own, trusted and made its champion (all removed at
+the end, with the database).
 
-Measured, each from an empty `batch_predictions`:
+Measured, each from an empty `batch_predictions`, the naive loop once and the others in
+BENCH_ROUNDS rounds (3) of one measurement each (a shared VM's speed drifts: ratios are
+taken within a round, and their median reported):
 * naive: one `predict` call and one INSERT + commit per product, on the first
   BENCH_NAIVE_ROWS products (the rate is what counts);
 * single process: `predict_lake` (what `predict-batch` runs) with the model loaded once,
   shards of BENCH_SHARD_SIZE, chunks of 1,000: the ceiling per core;
+* pinned processes: the same code forked onto 1 and onto 2 cores (each process pinned,
+  sharing the shards), without Airflow: what this machine gives two copies of the work,
+  the bound on any way of spreading it (a 2-vCPU VM's cores share caches and more);
 * DAG on N Celery workers (N = 1, 2; as CeleryExecutor mode runs them, with
   CELERY_PIN_WORKERS: each worker on a core of its own, CELERY_WORKER_CONCURRENCY task
   slots; a Redis of the benchmark's own and `airflow celery worker` processes): `airflow
   dags test batch_predictions --use-executor`; rate = products / the span of the mapped
   shard tasks (first start to last end, from Airflow's task instances), and also / the
   whole run's wall time (which adds the run's planning and summary tasks).
-Targets: 2 workers >= 1.6x one worker; one worker >= 0.8x the single process. Prints one
+Targets: 2 workers >= 1.6x one worker; one worker >= 0.8x the single process; the
+2-worker scaling is also given as a share of the pinned processes' scaling. Prints one
 JSON object, with the workers needed for 10 million products in one hour at the measured
 per-worker rate. Without the translated set it says so and exits 0. Needs `make up`.
 """
@@ -32,10 +39,13 @@ import math
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +57,7 @@ LABELS = SHARED / "translated" / "Y_train_translated.csv"
 BENCH_DB = "rakuten_bench_batch"
 SHARD_SIZE = int(os.environ.get("BENCH_SHARD_SIZE", "14400"))
 NAIVE_ROWS = int(os.environ.get("BENCH_NAIVE_ROWS", "2000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TRAIN_ROWS = 10_000
 TARGET_SCALING, TARGET_WORKER_VS_PROCESS = 1.6, 0.8
 PROJECTION_PRODUCTS, PROJECTION_SECONDS = 10_000_000, 3600
@@ -101,11 +112,15 @@ def register_champion(settings) -> str:
 
     from rakuten_mlops.ml import tracking
     from rakuten_mlops.ml.features import build_pipeline
+    from rakuten_mlops.ml.profile import load_profile
     from rakuten_mlops.ml.trust import trust_version
 
     x = pd.read_csv(TRANSLATED, index_col=0, nrows=TRAIN_ROWS)
     y = pd.read_csv(LABELS, index_col=0, nrows=TRAIN_ROWS)["prdtypecode"]
-    pipeline = build_pipeline("linear_svc", features={"char": None, "word": {}},
+    # The TF-IDF parts of the full profile (what `ml_pipeline` trains on the whole
+    # catalogue): the model cost per product a real champion has.
+    features = load_profile("full")["features"]
+    pipeline = build_pipeline("linear_svc", features=features,
                               nltk_data_dir=str(settings.path(settings.nltk_data_dir)))
     pipeline.set_params(clf=SGDClassifier(loss="log_loss", max_iter=10, tol=None,
                                           random_state=0))
@@ -146,9 +161,16 @@ def empty_predictions(settings) -> None:
 # --------------------------------------------------------------------------- the ways
 
 
+NAIVE_INSERT = """
+INSERT INTO batch_predictions
+    (productid, prdtypecode, confidence, top_k, model_name, model_version, run_id, predicted_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
 def run_naive(settings, model) -> float:
     """Rows/s of one predict call and one committed INSERT per product."""
-    from rakuten_mlops.serving.batch import UPSERT, _row
+    from rakuten_mlops.serving.batch import prediction_row
     from rakuten_mlops.serving.batch import start_run as start
     from rakuten_mlops.storage import connect
 
@@ -161,7 +183,8 @@ def run_naive(settings, model) -> float:
         started = time.perf_counter()
         for productid, designation, description in rows:
             top = model.predict([designation], [description], 3).top[0]
-            conn.execute(UPSERT, _row(productid, model, top, run["run_id"], datetime.now(UTC)))
+            conn.execute(NAIVE_INSERT, (*prediction_row(productid, top), model.name,
+                                        model.version, run["run_id"], datetime.now(UTC)))
         return len(rows) / (time.perf_counter() - started)
 
 
@@ -176,6 +199,40 @@ def run_single_process(settings, model, products: int) -> float:
     return products / seconds
 
 
+def run_pinned_processes(settings, model, products: int, processes: int) -> float:
+    """Rows/s of `processes` forked copies of the single-process code, each pinned to a
+    core of its own and given every `processes`-th shard, without Airflow or Celery: the
+    most that spreading the shards over that many cores can give on this machine."""
+    from rakuten_mlops.serving.batch import finish_run, predict_shard, shard_ranges
+    from rakuten_mlops.serving.batch import start_run as start
+
+    empty_predictions(settings)
+    run = start(settings, model, "test", f"bench-pinned-{processes}")
+    ranges = shard_ranges(settings, "test", SHARD_SIZE)
+    started = time.perf_counter()
+    children = []
+    for core in range(processes):
+        pid = os.fork()
+        if pid == 0:  # the child: its shards, then out without the parent's clean-up
+            status = 1
+            try:
+                os.sched_setaffinity(0, {core % os.cpu_count()})
+                for shard in ranges[core::processes]:
+                    predict_shard(settings, run, shard, model)
+                status = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        children.append(pid)
+    failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    seconds = time.perf_counter() - started
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {processes} pinned processes failed")
+    assert finish_run(settings, run, len(ranges))["rows_predicted"] == products
+    return products / seconds
+
+
 def _spawn(command: list[str], env: dict, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
         return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out,
@@ -186,6 +243,30 @@ def _stop(process: subprocess.Popen, stop_signal=signal.SIGTERM) -> None:
     if process.poll() is None:
         os.killpg(process.pid, stop_signal)
         process.wait(timeout=30)
+
+
+class CpuSampler(threading.Thread):
+    """The machine's busy and total CPU time (/proc/stat) every 0.1 s, wall-clock stamped:
+    how busy the cores were while the shards ran."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, int, int]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.1):
+            with open("/proc/stat") as stat:
+                fields = [int(v) for v in stat.readline().split()[1:]]
+            idle = fields[3] + fields[4]  # idle + iowait
+            self.samples.append((time.time(), sum(fields) - idle, sum(fields)))
+
+    def busy_fraction(self, start: float, end: float) -> float | None:
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return None
+        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
+        return round((busy1 - busy0) / max(total1 - total0, 1), 2)
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -224,22 +305,32 @@ def run_dag(settings, workers: int, products: int, folder: Path) -> dict:
                       for s in services]
         for service in services:
             _wait(service.healthy, 120, service.name)
+        sampler = CpuSampler()
+        sampler.start()
         started = time.perf_counter()
         result = subprocess.run(
             [str(venv_bin() / "airflow"), "dags", "test", "batch_predictions",
              "--use-executor", "--conf", json.dumps({"shard_size": SHARD_SIZE})],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         wall = time.perf_counter() - started
+        sampler.stopped.set()
         if result.returncode != 0:
             raise RuntimeError((result.stdout + result.stderr)[-3000:])
     finally:
         for process in processes[1:]:
             _stop(process, signal.SIGKILL)
         _stop(processes[0])
-    span, hosts = _shard_span(settings)
-    return {"workers": workers, "hosts": sorted(hosts), "shard_span_s": round(span, 2),
-            "wall_s": round(wall, 2), "rows_per_s": round(products / span, 1),
-            "rows_per_s_wall": round(products / wall, 1)}
+    shards = _shards(settings)
+    first, last = min(s["start"] for s in shards), max(s["end"] for s in shards)
+    span = last - first
+    return {"workers": workers, "hosts": sorted({s["host"] for s in shards}),
+            "shard_span_s": round(span, 2), "wall_s": round(wall, 2),
+            "rows_per_s": round(products / span, 1),
+            "rows_per_s_wall": round(products / wall, 1),
+            # Near 1.0: the cores were the limit; well below: the shards waited.
+            "cpu_busy_during_shards": sampler.busy_fraction(first, last),
+            "shards": [{"host": s["host"], "start_s": round(s["start"] - first, 2),
+                        "seconds": round(s["end"] - s["start"], 2)} for s in shards]}
 
 
 def _free_port() -> int:
@@ -250,7 +341,8 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _shard_span(settings) -> tuple[float, set[str]]:
+def _shards(settings) -> list[dict]:
+    """The last finished run's shard tasks: worker, start and end (epoch seconds)."""
     import psycopg
 
     from rakuten_mlops.storage import connect
@@ -260,11 +352,12 @@ def _shard_span(settings) -> tuple[float, set[str]]:
             "SELECT run_id FROM batch_prediction_runs WHERE finished_at IS NOT NULL"
             " ORDER BY started_at DESC LIMIT 1").fetchone()[0]
     with psycopg.connect(settings.postgres_dsn(settings.airflow_db)) as conn:
-        span, hosts = conn.execute(
-            "SELECT extract(epoch FROM max(end_date) - min(start_date)), array_agg(hostname)"
+        rows = conn.execute(
+            "SELECT hostname, extract(epoch FROM start_date), extract(epoch FROM end_date)"
             " FROM task_instance WHERE dag_id = 'batch_predictions' AND run_id = %s"
-            " AND task_id = 'predict_shard'", (run_id,)).fetchone()
-    return float(span), set(hosts)
+            " AND task_id = 'predict_shard' ORDER BY start_date", (run_id,)).fetchall()
+    return [{"host": host, "start": float(start), "end": float(end)}
+            for host, start, end in rows]
 
 
 # --------------------------------------------------------------------------- main
@@ -291,36 +384,75 @@ def main() -> int:
             model = champion(settings)
             note("naive per-row loop")
             naive = run_naive(settings, model)
-            note("single process (predict-batch's code)")
-            single = run_single_process(settings, model, products)
-            dags = {}
-            for workers in (1, 2):
-                note(f"the DAG on {workers} Celery worker(s)")
-                dags[workers] = run_dag(settings, workers, products, folder)
+            singles, pinned, dags = [], {1: [], 2: []}, {1: [], 2: []}
+            # Rounds, each measuring every way once: a shared VM's speed drifts, and the
+            # ratios compare measurements of one round (their median is reported).
+            for round_ in range(1, ROUNDS + 1):
+                note(f"round {round_}/{ROUNDS}: single process (predict-batch's code)")
+                singles.append(run_single_process(settings, model, products))
+                note(f"round {round_}/{ROUNDS}: the same code forked onto 1 and onto 2 "
+                     "pinned cores (the machine's ceiling)")
+                for processes in (1, 2):
+                    pinned[processes].append(
+                        run_pinned_processes(settings, model, products, processes))
+                for workers in (1, 2):
+                    note(f"round {round_}/{ROUNDS}: the DAG on {workers} Celery worker(s)")
+                    dags[workers].append(run_dag(settings, workers, products, folder))
         finally:
             if name:
                 forget_model(settings, name)
             base.drop_database(settings)
-    one, two = dags[1]["rows_per_s"], dags[2]["rows_per_s"]
+    print(json.dumps(report(products, naive, singles, pinned, dags), indent=2))
+    return 0
+
+
+def report(products: int, naive: float, singles: list[float], pinned: dict, dags: dict) -> dict:
+    one = [run["rows_per_s"] for run in dags[1]]
+    two = [run["rows_per_s"] for run in dags[2]]
+    scaling = [b / a for a, b in zip(one, two, strict=True)]
+    machine = [b / a for a, b in zip(pinned[1], pinned[2], strict=True)]
     per_hour_target = PROJECTION_PRODUCTS / PROJECTION_SECONDS
-    report = {
+    return {
         "products": products,
         "shard_size": SHARD_SIZE,
+        "rounds": ROUNDS,
         "naive_rows_per_s": round(naive, 1),
-        "single_process_rows_per_s": round(single, 1),
-        "dag_1_worker": dags[1],
-        "dag_2_workers": dags[2],
-        "ratio_2_vs_1_worker": round(two / one, 2),
+        "single_process_rows_per_s": _rates(singles),
+        "dag_1_worker_rows_per_s": _rates(one),
+        "dag_2_workers_rows_per_s": _rates(two),
+        "ratio_2_vs_1_worker": _ratios(scaling),
         "target_2_vs_1_worker": TARGET_SCALING,
-        "ratio_1_worker_vs_single_process": round(one / single, 2),
+        "ratio_1_worker_vs_single_process": _ratios(
+            [a / b for a, b in zip(one, singles, strict=True)]),
         "target_1_worker_vs_single_process": TARGET_WORKER_VS_PROCESS,
-        "ratio_single_process_vs_naive": round(single / naive, 1),
-        "workers_for_10M_products_per_hour": math.ceil(per_hour_target / one),
+        "ratio_single_process_vs_naive": round(statistics.median(singles) / naive, 1),
+        "pinned_processes_rows_per_s": {n: _rates(rates) for n, rates in pinned.items()},
+        # What two cores give two independent copies of the work here: the bound on any
+        # way of spreading it, Celery or not (a VM's cores share caches and more).
+        "ratio_2_vs_1_pinned_process": _ratios(machine),
+        "scaling_vs_the_machine": round(statistics.median(
+            [s / m for s, m in zip(scaling, machine, strict=True)]), 2),
+        "workers_for_10M_products_per_hour": math.ceil(
+            per_hour_target / statistics.median(one)),
         "workers_for_10M_products_per_hour_at_single_process_rate": math.ceil(
-            per_hour_target / single),
+            per_hour_target / statistics.median(singles)),
+        # The median round's runs in detail: which worker ran each shard, when, how busy
+        # the cores were.
+        "dag_1_worker": _median_run(dags[1]),
+        "dag_2_workers": _median_run(dags[2]),
     }
-    print(json.dumps(report, indent=2))
-    return 0
+
+
+def _rates(rates: list[float]) -> dict:
+    return {"median": round(statistics.median(rates), 1), "rounds": [round(r, 1) for r in rates]}
+
+
+def _ratios(ratios: list[float]) -> dict:
+    return {"median": round(statistics.median(ratios), 2), "rounds": [round(r, 2) for r in ratios]}
+
+
+def _median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda run: run["rows_per_s"])[len(runs) // 2]
 
 
 if __name__ == "__main__":

@@ -211,15 +211,16 @@ class Settings(BaseSettings):
     batch_chunk_size: int = Field(1000, ge=1)
     # Airflow's executor in local mode: "local" (LocalExecutor) or "celery" (a Redis broker
     # on REDIS_PORT with REDIS_PASSWORD, CELERY_WORKERS workers of CELERY_WORKER_CONCURRENCY
-    # task slots each; rakuten_mlops.localstack.celery). Two slots: while one task waits
-    # on Airflow (start-up, state updates, its supervisor noticing its end: up to 1 s),
-    # the other predicts. CELERY_PIN_WORKERS gives worker N core N-1 (modulo the cores):
-    # one core per worker, like the Helm values' `cpu: 1` request.
+    # task slots each; rakuten_mlops.localstack.celery). One slot: a shard keeps its core
+    # busy (a task's start and end cost ~0.3 s with the workers' supervisor fix, see
+    # celery_worker_config), and two shards on one core only share its caches.
+    # CELERY_PIN_WORKERS gives worker N core N-1 (modulo the cores): one core per worker,
+    # like the Helm values' `cpu: 1` request.
     airflow_executor: Literal["local", "celery"] = "local"
     redis_port: int = Field(6379, ge=1, le=65535)
     redis_password: SecretStr | None = None
     celery_workers: int = Field(2, ge=1, le=32)
-    celery_worker_concurrency: int = Field(2, ge=1, le=64)
+    celery_worker_concurrency: int = Field(1, ge=1, le=64)
     celery_pin_workers: bool = False
 
     # Issue 17, images in the model: threads of the image_features stage (S3 reads

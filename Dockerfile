@@ -36,8 +36,11 @@ RUN pip install --no-cache-dir --no-deps /tmp/rakuten-mlops \
 # Offline NLTK corpus (nltk.download needs the internet). Compose also mounts config/
 # over this path; the copy keeps the image usable on its own.
 COPY --chown=airflow:root config/nltk_data /opt/airflow/config/nltk_data
+# Airflow's start-up hook (rakuten_mlops.localstack.task_supervisor), as in local mode.
+COPY --chown=airflow:root config/airflow/python /opt/airflow/config/airflow/python
 ENV NLTK_DATA=/opt/airflow/config/nltk_data \
-    RAKUTEN_PROJECT_ROOT=/opt/airflow
+    RAKUTEN_PROJECT_ROOT=/opt/airflow \
+    PYTHONPATH=/opt/airflow/config/airflow/python
 
 # --- ml: the package, built apart ------------------------------------------------------
 # Installed into a folder of its own, which the ml image copies as a small last layer: a

@@ -212,8 +212,8 @@ class Settings(BaseSettings):
     # Airflow's executor in local mode: "local" (LocalExecutor) or "celery" (a Redis broker
     # on REDIS_PORT with REDIS_PASSWORD, CELERY_WORKERS workers of CELERY_WORKER_CONCURRENCY
     # task slots each; rakuten_mlops.localstack.celery). One slot: a shard keeps its core
-    # busy (a task's start and end cost ~0.3 s with the workers' supervisor fix, see
-    # celery_worker_config), and two shards on one core only share its caches.
+    # busy (a task's start and end cost ~0.3 s with the supervisor fix of
+    # localstack/task_supervisor), and two shards on one core only share its caches.
     # CELERY_PIN_WORKERS gives worker N core N-1 (modulo the cores): one core per worker,
     # like the Helm values' `cpu: 1` request.
     airflow_executor: Literal["local", "celery"] = "local"

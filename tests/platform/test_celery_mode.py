@@ -87,32 +87,3 @@ def test_pinned_workers_get_a_core_each_and_unpinned_ones_none(celery_settings):
     pinned = cores(celery_settings.model_copy(update={"celery_pin_workers": True}))
     assert pinned == [str(n % os.cpu_count()) for n in range(3)]
 
-
-def test_a_task_supervisor_takes_its_process_exit_as_soon_as_the_sockets_close():
-    """The workers' supervisor fix (celery_worker_config): once every socket to the task
-    process is closed, the supervisor waits for the process itself and has its exit
-    code on that check, instead of finding it still running and sleeping until its next
-    wake-up with nothing left to watch (~1 s idle per task)."""
-    import psutil
-    from airflow.sdk.execution_time.supervisor import ActivitySubprocess, PsutilTracker
-
-    from rakuten_mlops.localstack.celery_worker_config import notice_task_exit_at_once
-
-    class Supervisor(ActivitySubprocess):  # Airflow's own checks, on a process of the test
-        pass
-
-    notice_task_exit_at_once(Supervisor)
-    task = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
-    supervisor = object.__new__(Supervisor)
-    supervisor._process = PsutilTracker(psutil.Process(task.pid))
-    supervisor._exit_code = None
-    supervisor._open_sockets = {"the task's requests": "requests"}
-    try:
-        # A socket still open: the task may still talk, so nothing waits for it here.
-        assert supervisor._check_subprocess_exit() is None
-        supervisor._open_sockets = {}
-        assert supervisor._check_subprocess_exit() == 0
-        assert not psutil.pid_exists(task.pid)  # reaped, by the supervisor
-    finally:
-        task.kill()
-        task.wait()

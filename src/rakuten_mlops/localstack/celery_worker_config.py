@@ -1,24 +1,21 @@
 """The Celery configuration of CeleryExecutor mode's workers (`[celery]
-celery_config_options`): Airflow's own, the imports a batch task needs done once, the
-champion kept loaded between batch-prediction shards, and a task supervisor that takes
-its task's exit when it happens (notice_task_exit_at_once).
+celery_config_options`): Airflow's own, the imports a batch task needs done once, and
+the champion kept loaded between batch-prediction shards.
 
 Airflow 3 runs each task in a process forked from the worker's pool process: what that
 process imported or loaded, its task processes inherit instead of doing it again. The
 imports cost about 1.3 s per task otherwise, and loading the champion (download, checksum,
-unpickle) about 1.5 s, and the supervisor's late look at its task's exit about 1 s, for
-a shard of a few seconds of predictions (bench/bench_batch_predictions.py). Loaded by the workers only, never by the scheduler.
+unpickle) about 1.5 s, for a shard of a few seconds of predictions
+(bench/bench_batch_predictions.py). Loaded by the workers only, never by the scheduler.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 
 from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
-from airflow.sdk.execution_time import supervisor
 from celery.signals import task_prerun, worker_init
 
 # Imported for the side effect above: the modules a batch_predictions / prepare_data
@@ -35,32 +32,6 @@ log = logging.getLogger(__name__)
 # CELERY_PIN_WORKERS: set before Celery forks its pool, so every task process inherits it.
 if core := os.environ.get(WORKER_CPU_ENV):
     os.sched_setaffinity(0, {int(core)})
-
-
-def notice_task_exit_at_once(activity=supervisor.ActivitySubprocess) -> None:
-    """Make a task's supervisor see its process exit when it happens.
-
-    The task process closes its sockets to the supervisor a moment before it can be
-    reaped; the supervisor then finds it still running and sleeps until its next wake-up
-    (`[workers] min_heartbeat_interval`, whole seconds) with nothing left to watch: about
-    1 s idle after every task, on a worker slot that could run the next shard. Here, once
-    every socket is closed, it waits for the exit itself, for at most that interval, so
-    heartbeats keep their pace.
-    """
-    check_exit = activity._check_subprocess_exit
-
-    def _check_subprocess_exit(self, raise_on_timeout=False, expect_signal=None):
-        if self._exit_code is None and not self._open_sockets:
-            # The exit code is kept by the process tracker (psutil or Popen) for the
-            # check below.
-            with contextlib.suppress(self._process.TimeoutExpired):
-                self._process.wait(timeout=supervisor.MIN_HEARTBEAT_INTERVAL)
-        return check_exit(self, raise_on_timeout=raise_on_timeout, expect_signal=expect_signal)
-
-    activity._check_subprocess_exit = _check_subprocess_exit
-
-
-notice_task_exit_at_once()
 
 
 def shard_task(workload: str) -> bool:

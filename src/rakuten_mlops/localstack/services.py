@@ -247,6 +247,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": settings.airflow_jwt_secret.get_secret_value(),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # Airflow's start-up hook (airflow_local_settings): localstack/task_supervisor.
+        "PYTHONPATH": str(root / "config" / "airflow" / "python"),
         # Tasks import the project package and read the same settings.
         "RAKUTEN_PROJECT_ROOT": str(root),
         "RAKUTEN_ENV_FILE": str(env_file()),

@@ -6,9 +6,10 @@ tests/support/workers.py, so it runs on one worker beside the rest): the image i
 once per session, from a clean layer cache (`--no-cache`; the engine's download cache of
 uv is a cache mount, never a layer) under a tag of the session's own, and every image
 that build made is removed at the end (the user's images, rakuten-mlops/ml:latest and the
-base, stay). One training runs in containers, with the `quick` profile `make demo` uses
-(every family searched); the same training in this process, on the same lake, must give
-the same dataset id and test metrics. The failing container fails before any training.
+base, stay). One training runs in containers, with the `smoke` profile (every family, one
+cheap candidate each: each family's library at work in the image, in seconds); the same
+training in this process, on the same lake, must give the same dataset id and test
+metrics. The failing container fails before any training.
 RAKUTEN_TEST_ML_IMAGE=<image> skips the build and uses the image given (while iterating
 on the other tests). Skipped, with the reason, only where no engine can exist (no podman
 and no Docker engine).
@@ -33,7 +34,7 @@ ml_lake = test_ml_pipeline.ml_lake
 pytestmark = pytest.mark.stack
 
 ENTRYPOINT = ["python", "-m", "rakuten_mlops"]
-PROFILE = "quick"
+PROFILE = "smoke"
 
 
 def engine_or_skip(settings) -> None:

@@ -86,4 +86,3 @@ def test_pinned_workers_get_a_core_each_and_unpinned_ones_none(celery_settings):
     assert cores(celery_settings) == [None, None, None]
     pinned = cores(celery_settings.model_copy(update={"celery_pin_workers": True}))
     assert pinned == [str(n % os.cpu_count()) for n in range(3)]
-

@@ -27,10 +27,6 @@ WORKER_ENV = {
     "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": (
         "rakuten_mlops.localstack.celery_worker_config.CELERY_CONFIG"
     ),
-    # A task's supervisor could notice its task ended only at its next wake-up, this many
-    # seconds later (default 5); localstack/task_supervisor now takes the exit at once,
-    # and this stays the bound wherever that fix is not loaded.
-    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
 }
 PING_TIMEOUT = 1.0
 

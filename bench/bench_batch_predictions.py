@@ -17,8 +17,8 @@ taken within a round, and their median reported):
 * single process: `predict_lake` (what `predict-batch` runs) with the model loaded once,
   shards of BENCH_SHARD_SIZE, chunks of 1,000: the ceiling per core;
 * pinned processes: the same code forked onto 1 and onto 2 cores (each process pinned,
-  sharing the shards), without Airflow: what this machine gives two copies of the work,
-  the bound on any way of spreading it (a 2-vCPU VM's cores share caches and more);
+  sharing the shards), without Airflow: what this machine gives two copies of the work
+  at the time of the round (a 2-vCPU VM's cores share caches and more);
 * DAG on N Celery workers (N = 1, 2; as CeleryExecutor mode runs them, with
   CELERY_PIN_WORKERS: each worker on a core of its own, CELERY_WORKER_CONCURRENCY task
   slots; a Redis of the benchmark's own and `airflow celery worker` processes): `airflow
@@ -201,8 +201,8 @@ def run_single_process(settings, model, products: int) -> float:
 
 def run_pinned_processes(settings, model, products: int, processes: int) -> float:
     """Rows/s of `processes` forked copies of the single-process code, each pinned to a
-    core of its own and given every `processes`-th shard, without Airflow or Celery: the
-    most that spreading the shards over that many cores can give on this machine."""
+    core of its own and given every `processes`-th shard, without Airflow or Celery: what
+    spreading the shards over that many cores gives on this machine, with no framework."""
     from rakuten_mlops.serving.batch import finish_run, predict_shard, shard_ranges
     from rakuten_mlops.serving.batch import start_run as start
 
@@ -391,7 +391,7 @@ def main() -> int:
                 note(f"round {round_}/{ROUNDS}: single process (predict-batch's code)")
                 singles.append(run_single_process(settings, model, products))
                 note(f"round {round_}/{ROUNDS}: the same code forked onto 1 and onto 2 "
-                     "pinned cores (the machine's ceiling)")
+                     "pinned cores (the machine's own scaling)")
                 for processes in (1, 2):
                     pinned[processes].append(
                         run_pinned_processes(settings, model, products, processes))
@@ -427,8 +427,8 @@ def report(products: int, naive: float, singles: list[float], pinned: dict, dags
         "target_1_worker_vs_single_process": TARGET_WORKER_VS_PROCESS,
         "ratio_single_process_vs_naive": round(statistics.median(singles) / naive, 1),
         "pinned_processes_rows_per_s": {n: _rates(rates) for n, rates in pinned.items()},
-        # What two cores give two independent copies of the work here: the bound on any
-        # way of spreading it, Celery or not (a VM's cores share caches and more).
+        # What two cores give two independent copies of the work in the same round, with
+        # no framework at all (a VM's cores share caches and more; it varies by round).
         "ratio_2_vs_1_pinned_process": _ratios(machine),
         "scaling_vs_the_machine": round(statistics.median(
             [s / m for s, m in zip(scaling, machine, strict=True)]), 2),
@@ -443,12 +443,17 @@ def report(products: int, naive: float, singles: list[float], pinned: dict, dags
     }
 
 
+def _rounds(values: list[float], digits: int) -> dict:
+    return {"median": round(statistics.median(values), digits),
+            "rounds": [round(value, digits) for value in values]}
+
+
 def _rates(rates: list[float]) -> dict:
-    return {"median": round(statistics.median(rates), 1), "rounds": [round(r, 1) for r in rates]}
+    return _rounds(rates, 1)
 
 
 def _ratios(ratios: list[float]) -> dict:
-    return {"median": round(statistics.median(ratios), 2), "rounds": [round(r, 2) for r in ratios]}
+    return _rounds(ratios, 2)
 
 
 def _median_run(runs: list[dict]) -> dict:

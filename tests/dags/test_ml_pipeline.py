@@ -1,16 +1,17 @@
 """`airflow dags test ml_pipeline` on the shipped sample, and `ml_pipeline_docker` here.
 
 The sample is loaded once into this module's lake (as prepare_data does), then ml_pipeline
-runs in a subprocess with the project's Airflow environment, twice: with a small real
-profile (every family searched), which registers the first model and makes it the
-champion; then with a clearly worse profile, whose model must stay a challenger and say
-why. Model name, experiment, models/ and processed_data/ are the test's own.
+runs in a subprocess with the project's Airflow environment, twice: with the one-family
+LINEAR_PROFILE, which registers the first model and makes it the champion; then with a
+clearly worse profile, whose model must stay a challenger and say why. (The search over
+every family is tests/ml's and test_ml_pipeline_docker's; here the DAG's wiring, the
+gate and the retraining chain are the point.) Model name, experiment, models/ and
+processed_data/ are the test's own.
 
 The docker DAG without an engine must fail at its first task with a message that says
 so, and its stages must be the CLI commands that ml_pipeline's tasks run in-process,
 which this test runs as they would run in the container (same arguments, last output
-line pushed to XCom), with the one-family LINEAR_PROFILE: their wiring is the point, the
-search is the first test's. Its containers for real: test_ml_pipeline_docker.py.
+line pushed to XCom), with LINEAR_PROFILE too. Its containers for real: test_ml_pipeline_docker.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import yaml
 
 from tests.support import lake as lakehelpers
 from tests.support.lake import PROJECT
-from tests.support.profiles import LINEAR_PROFILE, TINY_PROFILE, WORSE_PROFILE
+from tests.support.profiles import LINEAR_PROFILE, WORSE_PROFILE
 
 pytestmark = pytest.mark.stack
 
@@ -76,7 +77,7 @@ def ml_lake(settings, loaded_lake, tmp_path):
             }
         )
     )
-    for profile in (TINY_PROFILE, WORSE_PROFILE, LINEAR_PROFILE):
+    for profile in (WORSE_PROFILE, LINEAR_PROFILE):
         (tmp_path / f"{profile['name']}.yaml").write_text(yaml.safe_dump(profile))
     yield lake, tmp_path
     client = registry.client(lake.settings)
@@ -125,7 +126,7 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     lake, profiles = ml_lake
     name = lake.settings.model_name
     first = dags_test(
-        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "tiny.yaml")}
+        "ml_pipeline", ml_env(lake), settings, {"profile": str(profiles / "linear.yaml")}
     )
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-5000:]
@@ -147,7 +148,7 @@ def test_ml_pipeline_promotes_a_first_model_and_keeps_it_against_a_worse_one(
     assert champion.version == "1"
     assert run.data.tags["airflow_run_id"].startswith("manual__")
     assert "data_quality_run_id" not in run.data.tags
-    assert run.data.tags["profile"] == "tiny"
+    assert run.data.tags["profile"] == "linear"
     assert int(run.data.params["dataset_rows_train"]) > 1000  # the lake's split, from SQL
     assert run.data.metrics["test_f1_weighted"] > 0.5
     exported = json.loads((lake.settings.models_dir / f"{name}.json").read_text())
@@ -521,7 +522,7 @@ def test_the_docker_stage_commands_run_the_pipeline_and_print_their_reference_la
             part.replace("{{ ti.xcom_pull(task_ids='preprocess') }}", pushed.get("preprocess", ""))
             .replace("{{ ti.xcom_pull(task_ids='train') }}", pushed.get("train", ""))
             # The cheapest profile: these commands' wiring is the point; the search of
-            # every family is run by the test above (and tests/ml).
+            # every family is tests/ml's and test_ml_pipeline_docker's.
             .replace("{{ params.profile or '' }}", str(profiles / "linear.yaml"))
             for part in docker_dag["commands"][stage]["command"]
         ]

@@ -24,7 +24,9 @@ taken within a round, and their median reported):
   slots; a Redis of the benchmark's own and `airflow celery worker` processes): `airflow
   dags test batch_predictions --use-executor`; rate = products / the span of the mapped
   shard tasks (first start to last end, from Airflow's task instances), and also / the
-  whole run's wall time (which adds the run's planning and summary tasks).
+  whole run's wall time (which adds the run's planning and summary tasks); with, for the
+  shards' span, the cores' busy share, the share the VM's host stole, and the cores each
+  kind of process used (the workers' tasks, PostgreSQL, the stack's services...).
 Targets: 2 workers >= 1.6x one worker; one worker >= 0.8x the single process; the
 2-worker scaling is also given as a share of the pinned processes' scaling. Prints one
 JSON object, with the workers needed for 10 million products in one hour at the measured
@@ -34,6 +36,7 @@ per-worker rate. Without the translated set it says so and exits 0. Needs `make 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -246,27 +249,73 @@ def _stop(process: subprocess.Popen, stop_signal=signal.SIGTERM) -> None:
 
 
 class CpuSampler(threading.Thread):
-    """The machine's busy and total CPU time (/proc/stat) every 0.1 s, wall-clock stamped:
-    how busy the cores were while the shards ran."""
+    """The machine's busy, stolen and total CPU time (/proc/stat) and every process's CPU
+    time every 0.25 s, wall-clock stamped: how busy the cores were while the shards ran,
+    who kept them busy, and how much of their time the VM's host took (steal)."""
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, int, int]] = []
+        self.samples: list[tuple[float, int, int, int, dict[int, tuple[str, float]]]] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(0.1):
+        while not self.stopped.wait(0.25):
             with open("/proc/stat") as stat:
                 fields = [int(v) for v in stat.readline().split()[1:]]
-            idle = fields[3] + fields[4]  # idle + iowait
-            self.samples.append((time.time(), sum(fields) - idle, sum(fields)))
+            total = sum(fields[:8])  # user .. steal (guest time is within user already)
+            idle, steal = fields[3] + fields[4], fields[7]  # idle + iowait; stolen
+            self.samples.append((time.time(), total - idle, total, steal, _processes()))
 
-    def busy_fraction(self, start: float, end: float) -> float | None:
-        inside = [s for s in self.samples if start <= s[0] <= end]
+    def _inside(self, start: float, end: float) -> list:
+        return [s for s in self.samples if start <= s[0] <= end]
+
+    def busy_fraction(self, start: float, end: float, column: int = 1) -> float | None:
+        """The share of the cores' time busy (or, column 3, stolen by the host)."""
+        inside = self._inside(start, end)
         if len(inside) < 2:
             return None
-        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
-        return round((busy1 - busy0) / max(total1 - total0, 1), 2)
+        first, last = inside[0], inside[-1]
+        return round((last[column] - first[column]) / max(last[2] - first[2], 1), 2)
+
+    def cores_by_process(self, start: float, end: float) -> dict[str, float]:
+        """Cores used on average between start and end, by kind of process (a process
+        that started or ended in between counts from or up to its last sample)."""
+        inside = self._inside(start, end)
+        if len(inside) < 2:
+            return {}
+        seconds, used = inside[-1][0] - inside[0][0], {}
+        for before, after in itertools.pairwise(inside):
+            for pid, (kind, cpu) in after[4].items():
+                if pid in before[4]:
+                    used[kind] = used.get(kind, 0.0) + cpu - before[4][pid][1]
+        return {kind: round(cpu / seconds, 2)
+                for kind, cpu in sorted(used.items(), key=lambda item: -item[1]) if cpu > 0}
+
+
+# Kinds of process on the machine during a DAG run, first match wins.
+PROCESS_KINDS = [
+    ("celery worker tasks", ("celery worker", "airflow worker --")),
+    ("postgres", ("postgres",)),
+    ("dags test (the run's loop)", ("dags test",)),
+    ("airflow api server", ("api_server", "api-server")),
+    ("redis", ("redis-server",)),
+    ("other airflow services", ("airflow",)),
+    ("object store", ("weed", "minio")),
+]
+
+
+def _processes() -> dict[int, tuple[str, float]]:
+    import psutil
+
+    found = {}
+    for process in psutil.process_iter(["cmdline", "cpu_times"]):
+        times, command = process.info["cpu_times"], " ".join(process.info["cmdline"] or [])
+        if times is None:
+            continue
+        kind = next((name for name, marks in PROCESS_KINDS
+                     if any(mark in command for mark in marks)), "other")
+        found[process.pid] = (kind, times.user + times.system)
+    return found
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -329,6 +378,8 @@ def run_dag(settings, workers: int, products: int, folder: Path) -> dict:
             "rows_per_s_wall": round(products / wall, 1),
             # Near 1.0: the cores were the limit; well below: the shards waited.
             "cpu_busy_during_shards": sampler.busy_fraction(first, last),
+            "cpu_stolen_during_shards": sampler.busy_fraction(first, last, column=3),
+            "cores_by_process_during_shards": sampler.cores_by_process(first, last),
             "shards": [{"host": s["host"], "start_s": round(s["start"] - first, 2),
                         "seconds": round(s["end"] - s["start"], 2)} for s in shards]}
 

@@ -250,7 +250,7 @@ def _stop(process: subprocess.Popen, stop_signal=signal.SIGTERM) -> None:
 
 class CpuSampler(threading.Thread):
     """The machine's busy, stolen and total CPU time (/proc/stat) and every process's CPU
-    time every 0.25 s, wall-clock stamped: how busy the cores were while the shards ran,
+    time every 0.5 s, wall-clock stamped: how busy the cores were while the shards ran,
     who kept them busy, and how much of their time the VM's host took (steal)."""
 
     def __init__(self):
@@ -259,7 +259,7 @@ class CpuSampler(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(0.25):
+        while not self.stopped.wait(0.5):  # a sample costs ~5 ms of CPU
             with open("/proc/stat") as stat:
                 fields = [int(v) for v in stat.readline().split()[1:]]
             total = sum(fields[:8])  # user .. steal (guest time is within user already)

@@ -269,13 +269,16 @@ class CpuSampler(threading.Thread):
     def _inside(self, start: float, end: float) -> list:
         return [s for s in self.samples if start <= s[0] <= end]
 
-    def busy_fraction(self, start: float, end: float, column: int = 1) -> float | None:
-        """The share of the cores' time busy (or, column 3, stolen by the host)."""
+    BUSY, TOTAL, STOLEN = 1, 2, 3  # columns of a sample
+
+    def share(self, start: float, end: float, column: int) -> float | None:
+        """The share of the cores' time between start and end that was BUSY or STOLEN."""
         inside = self._inside(start, end)
         if len(inside) < 2:
             return None
         first, last = inside[0], inside[-1]
-        return round((last[column] - first[column]) / max(last[2] - first[2], 1), 2)
+        total = max(last[self.TOTAL] - first[self.TOTAL], 1)
+        return round((last[column] - first[column]) / total, 2)
 
     def cores_by_process(self, start: float, end: float) -> dict[str, float]:
         """Cores used on average between start and end, by kind of process (a process
@@ -377,8 +380,8 @@ def run_dag(settings, workers: int, products: int, folder: Path) -> dict:
             "rows_per_s": round(products / span, 1),
             "rows_per_s_wall": round(products / wall, 1),
             # Near 1.0: the cores were the limit; well below: the shards waited.
-            "cpu_busy_during_shards": sampler.busy_fraction(first, last),
-            "cpu_stolen_during_shards": sampler.busy_fraction(first, last, column=3),
+            "cpu_busy_during_shards": sampler.share(first, last, CpuSampler.BUSY),
+            "cpu_stolen_during_shards": sampler.share(first, last, CpuSampler.STOLEN),
             "cores_by_process_during_shards": sampler.cores_by_process(first, last),
             "shards": [{"host": s["host"], "start_s": round(s["start"] - first, 2),
                         "seconds": round(s["end"] - s["start"], 2)} for s in shards]}

@@ -27,6 +27,9 @@ taken within a round, and their median reported):
   whole run's wall time (which adds the run's planning and summary tasks); with, for the
   shards' span, the cores' busy share, the share the VM's host stole, and the cores each
   kind of process used (the workers' tasks, PostgreSQL, the stack's services...).
+While it runs, the stack's services the runs do not use are paused (UNUSED_SERVICES:
+the scheduler, the DAG processor, the UIs...; a deployment's worker machines do not host
+them) and started again at the end.
 Targets: 2 workers >= 1.6x one worker; one worker >= 0.8x the single process; the
 2-worker scaling is also given as a share of the pinned processes' scaling. Prints one
 JSON object, with the workers needed for 10 million products in one hour at the measured
@@ -150,6 +153,34 @@ def forget_model(settings, name: str) -> None:
         for run in client.search_runs([experiment.experiment_id]):
             client.delete_run(run.info.run_id)
         client.delete_experiment(experiment.experiment_id)
+
+
+# The stack's services the DAG runs do not use (the runs' tasks go through the API server
+# to the benchmark's own Celery workers; `dags test` schedules them). A deployment's
+# worker machines do not host them, and here their idle loops (~0.1 of a core: the
+# scheduler, the DAG processor...) take time from two busy workers. Paused while the
+# benchmark runs, started again at its end.
+UNUSED_SERVICES = ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "api",
+                   "control-room", "pgadmin", "prometheus")
+
+
+@contextlib.contextmanager
+def unused_services_paused(settings):
+    """Stop the running UNUSED_SERVICES (`stack stop`), then start them again (`stack
+    start`); a service the user stopped, or not running, is left as it is."""
+    from rakuten_mlops.localstack.supervisor import Supervisor
+
+    supervisor, paused = Supervisor(settings), []
+    try:
+        for name in UNUSED_SERVICES:
+            service = supervisor.service(name)
+            if supervisor.process(service) and not supervisor.held(service):
+                supervisor.stop_service(name, report=note)
+                paused.append(name)
+        yield paused
+    finally:
+        for name in paused:
+            supervisor.start_service(name, report=note)
 
 
 def empty_predictions(settings) -> None:
@@ -427,7 +458,9 @@ def main() -> int:
 
     settings = get_settings()
     name = None
-    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+    with (tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp,
+          unused_services_paused(settings) as paused):
+        note(f"paused while it runs: {', '.join(paused) or 'nothing'}")
         folder = Path(tmp)
         try:
             products = load_products(settings, folder)

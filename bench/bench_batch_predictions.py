@@ -172,9 +172,10 @@ def unused_services_paused(settings):
 
     supervisor, paused = Supervisor(settings), []
     try:
-        for name in UNUSED_SERVICES:
-            service = supervisor.service(name)
-            if supervisor.process(service) and not supervisor.held(service):
+        for service in supervisor.services:
+            name = service.name
+            if (name in UNUSED_SERVICES and supervisor.process(service)
+                    and not supervisor.held(service)):
                 supervisor.stop_service(name, report=note)
                 paused.append(name)
         yield paused

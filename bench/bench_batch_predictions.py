@@ -55,6 +55,7 @@ import traceback
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RAKUTEN_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -280,6 +281,14 @@ def _stop(process: subprocess.Popen, stop_signal=signal.SIGTERM) -> None:
         process.wait(timeout=30)
 
 
+class CpuSample(NamedTuple):
+    at: float  # wall clock
+    busy: int  # the cores' busy time so far (/proc/stat ticks)
+    total: int
+    stolen: int  # taken by the VM's host
+    processes: dict[int, tuple[str, float]]  # pid: (kind, CPU seconds so far)
+
+
 class CpuSampler(threading.Thread):
     """The machine's busy, stolen and total CPU time (/proc/stat) and every process's CPU
     time every 0.5 s, wall-clock stamped: how busy the cores were while the shards ran,
@@ -287,7 +296,7 @@ class CpuSampler(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.samples: list[tuple[float, int, int, int, dict[int, tuple[str, float]]]] = []
+        self.samples: list[CpuSample] = []
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -295,34 +304,34 @@ class CpuSampler(threading.Thread):
             with open("/proc/stat") as stat:
                 fields = [int(v) for v in stat.readline().split()[1:]]
             total = sum(fields[:8])  # user .. steal (guest time is within user already)
-            idle, steal = fields[3] + fields[4], fields[7]  # idle + iowait; stolen
-            self.samples.append((time.time(), total - idle, total, steal, _processes()))
+            idle = fields[3] + fields[4]  # idle + iowait
+            self.samples.append(
+                CpuSample(time.time(), total - idle, total, fields[7], _processes()))
 
-    def _inside(self, start: float, end: float) -> list:
-        return [s for s in self.samples if start <= s[0] <= end]
+    def _inside(self, start: float, end: float) -> list[CpuSample]:
+        return [sample for sample in self.samples if start <= sample.at <= end]
 
-    BUSY, TOTAL, STOLEN = 1, 2, 3  # columns of a sample
-
-    def share(self, start: float, end: float, column: int) -> float | None:
-        """The share of the cores' time between start and end that was BUSY or STOLEN."""
+    def share(self, start: float, end: float, field: str) -> float | None:
+        """The share of the cores' time between start and end that was `busy` or
+        `stolen`."""
         inside = self._inside(start, end)
         if len(inside) < 2:
             return None
         first, last = inside[0], inside[-1]
-        total = max(last[self.TOTAL] - first[self.TOTAL], 1)
-        return round((last[column] - first[column]) / total, 2)
+        total = max(last.total - first.total, 1)
+        return round((getattr(last, field) - getattr(first, field)) / total, 2)
 
     def cores_by_process(self, start: float, end: float) -> dict[str, float]:
         """Cores used on average between start and end, by kind of process (a process
-        that started or ended in between counts from or up to its last sample)."""
+        counts only between the samples that saw it)."""
         inside = self._inside(start, end)
         if len(inside) < 2:
             return {}
-        seconds, used = inside[-1][0] - inside[0][0], {}
+        seconds, used = inside[-1].at - inside[0].at, {}
         for before, after in itertools.pairwise(inside):
-            for pid, (kind, cpu) in after[4].items():
-                if pid in before[4]:
-                    used[kind] = used.get(kind, 0.0) + cpu - before[4][pid][1]
+            for pid, (kind, cpu) in after.processes.items():
+                if pid in before.processes:
+                    used[kind] = used.get(kind, 0.0) + cpu - before.processes[pid][1]
         return {kind: round(cpu / seconds, 2)
                 for kind, cpu in sorted(used.items(), key=lambda item: -item[1]) if cpu > 0}
 
@@ -412,8 +421,8 @@ def run_dag(settings, workers: int, products: int, folder: Path) -> dict:
             "rows_per_s": round(products / span, 1),
             "rows_per_s_wall": round(products / wall, 1),
             # Near 1.0: the cores were the limit; well below: the shards waited.
-            "cpu_busy_during_shards": sampler.share(first, last, CpuSampler.BUSY),
-            "cpu_stolen_during_shards": sampler.share(first, last, CpuSampler.STOLEN),
+            "cpu_busy_during_shards": sampler.share(first, last, "busy"),
+            "cpu_stolen_during_shards": sampler.share(first, last, "stolen"),
             "cores_by_process_during_shards": sampler.cores_by_process(first, last),
             "shards": [{"host": s["host"], "start_s": round(s["start"] - first, 2),
                         "seconds": round(s["end"] - s["start"], 2)} for s in shards]}
